@@ -1,0 +1,1 @@
+"""flashclr's test suite. References live here; benchmarks/ imports them from here."""
