@@ -1,0 +1,300 @@
+"""``build_loader``: files -> validated, sharded, seeded batches -> DALI -> torch tensors.
+
+Order and sharding (Python side, fed to DALI through ``fn.external_source``):
+- training stages (pretrain, finetune, distill): epoch e visits the files in
+  ``default_rng((seed, e)).permutation(N)``; shard r of R takes positions r, r+R, r+2R, ... of
+  it, cut to ``N // R`` files so every rank has the same count, and drops the last partial batch.
+  Within an epoch no file appears twice across ranks; ``N mod R`` files sit out each epoch (not
+  the same ones from one epoch to the next);
+- eval: files in listing order, split into R contiguous parts whose sizes differ by at most one;
+  every file appears exactly once across ranks, and the last batch of a rank may be smaller.
+
+Augmentation parameters are drawn per batch from ``(seed, epoch, shard, batch)`` (augment.py), so
+``epoch`` and ``start_batch`` resume exactly: the batches yielded from ``start_batch`` on are
+identical, pixel for pixel, to those of an uninterrupted run with the same seed, sharding and
+device (the GPU resamples with its own kernels, so CPU and GPU batches differ slightly).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+import torch
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+from PIL import Image
+
+from . import augment
+from .blur import blur_batch
+from .folder import DataError, Validated, list_source, validate
+from .pipelines import OUTPUTS, stage_pipeline
+from .subsets import label_subset as _label_subset
+
+STAGES = tuple(OUTPUTS)
+_PREFETCH = 2  # DALI's prefetch queue depth: batches decoded ahead of the consumer
+
+
+def _default_shards(shard_id, num_shards) -> tuple[int, int]:
+    if (shard_id is None) != (num_shards is None):
+        raise ValueError("give both shard_id and num_shards, or neither (then torch.distributed decides)")
+    if shard_id is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id}")
+    return int(shard_id), int(num_shards)
+
+
+def _device_id(device) -> int | None:
+    """DALI's device_id for a torch device: None for the CPU (CPU-only pipeline)."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return None
+    if dev.type != "cuda":
+        raise ValueError(f"device must be 'cpu' or 'cuda[:k]', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return dev.index if dev.index is not None else torch.cuda.current_device()
+
+
+class _EpochSource:
+    """The iterable behind ``fn.external_source``: one pass yields the current epoch's batches.
+
+    ``epoch`` and ``start_batch`` are set by the loader before DALI (re)starts a pass.
+    """
+
+    def __init__(
+        self, data: Validated, stage: str, batch_size: int, seed: int, shard: tuple[int, int], strength
+    ):
+        self.data, self.stage, self.batch_size, self.seed = data, stage, batch_size, seed
+        self.shard_id, self.num_shards = shard
+        self.strength = strength
+        self.epoch, self.start_batch = 0, 0
+        n = len(data.paths)
+        if stage == "eval":
+            self.shard_size = len(np.array_split(np.arange(n), self.num_shards)[self.shard_id])
+            self.n_batches = -(-self.shard_size // batch_size)
+        else:
+            self.shard_size = n // self.num_shards
+            self.n_batches = self.shard_size // batch_size
+        if self.n_batches == 0:
+            raise DataError(
+                f"{n} usable images over {self.num_shards} shard(s) give {self.shard_size} per shard, "
+                f"fewer than one batch of {batch_size}"
+            )
+        # File lists of the batches handed to DALI recently, to name the file behind a decode error.
+        self.recent: collections.deque[list[str]] = collections.deque(maxlen=_PREFETCH + 2)
+
+    def shard_indices(self, epoch: int) -> np.ndarray:
+        """Indices (into the validated files) this shard visits in ``epoch``, in order."""
+        n = len(self.data.paths)
+        if self.stage == "eval":
+            return np.array_split(np.arange(n), self.num_shards)[self.shard_id]
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        return order[self.shard_id :: self.num_shards][: self.shard_size]
+
+    def __iter__(self):
+        return self._batches(self.epoch, self.start_batch)
+
+    def _batches(self, epoch: int, start: int):
+        idx = self.shard_indices(epoch)
+        for b in range(start, self.n_batches):
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            paths = [self.data.paths[i] for i in sel]
+            self.recent.append(paths)
+            encoded = [np.fromfile(p, dtype=np.uint8) for p in paths]
+            labels = self.data.labels[sel]
+            if self.stage == "eval":
+                yield encoded, labels
+                continue
+            rng = augment.batch_rng(self.seed, epoch, self.shard_id, b, self.stage)
+            sizes = self.data.sizes[sel]
+            if self.stage == "pretrain":
+                p1 = augment.simclr_params(rng, sizes, self.strength)
+                p2 = augment.simclr_params(rng, sizes, self.strength)
+                yield encoded, labels, p1, p2
+            else:
+                yield encoded, labels, augment.crop_flip_params(rng, sizes)
+
+
+def _find_undecodable(paths: list[str]) -> list[str]:
+    """Files among ``paths`` that PIL cannot fully decode (run only after DALI reported an error)."""
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+        except Exception:  # any failure to decode marks the file; the caller reports it
+            bad.append(p)
+    return bad
+
+
+class DaliLoader:
+    """Iterable over one stage's batches; each ``iter()`` runs one epoch (see build_loader)."""
+
+    def __init__(self, source: _EpochSource, *, size, device, num_threads, channels_last, classes):
+        self._source = source
+        self.stage = source.stage
+        self.batch_size = source.batch_size
+        self.image_size = size
+        self.device = torch.device(device)
+        self.num_threads = num_threads
+        self.channels_last = channels_last
+        self.skipped = list(source.data.skipped)  # (path, reason) of files left out at build
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        self._epoch, self._start = 0, 0
+        self._dali = None
+        self._exhausted = False
+
+    def __len__(self) -> int:
+        """Batches per (full) epoch on this shard."""
+        return self._source.n_batches
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``iter()`` will run."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Make the next ``iter()`` run ``epoch`` from batch ``start_batch`` (to resume)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self._epoch, self._start = int(epoch), int(start_batch)
+
+    @property
+    def paths(self) -> list[str]:
+        """The validated files this loader reads (all shards), in listing order."""
+        return list(self._source.data.paths)
+
+    def shard_paths(self, epoch: int) -> list[str]:
+        """The files this shard visits in ``epoch``, in order (before dropping a partial batch)."""
+        return [self._source.data.paths[i] for i in self._source.shard_indices(epoch)]
+
+    def _iterator(self) -> DALIGenericIterator:
+        if self._dali is not None and self._exhausted:
+            self._dali.reset()  # restarts the pass: DALI calls iter() on the source again
+            return self._dali
+        # First pass, or the previous pass was left early: DALI cannot drop the batches it
+        # prefetched, so a fresh pipeline is built (about a second).
+        pipe = stage_pipeline(
+            source=self._source,
+            stage=self.stage,
+            size=self.image_size,
+            decoder="cpu" if self.device.type == "cpu" else "mixed",
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=_device_id(self.device),
+            seed=self._source.seed,
+            prefetch_queue_depth=_PREFETCH,
+        )
+        self._dali = DALIGenericIterator(
+            pipe,
+            OUTPUTS[self.stage],
+            auto_reset=False,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            prepare_first_batch=False,
+        )
+        return self._dali
+
+    def __iter__(self):
+        self._source.epoch, self._source.start_batch = self._epoch, self._start
+        self._epoch, self._start = self._epoch + 1, 0
+        self._exhausted = False
+        self._source.recent.clear()
+        it = self._iterator()
+        while True:
+            try:
+                out = next(it)[0]
+            except StopIteration:
+                self._exhausted = True
+                return
+            except RuntimeError as e:
+                self._dali = None
+                raise self._decode_error(e) from e
+            yield self._to_torch(out)
+
+    def _decode_error(self, exc: RuntimeError) -> Exception:
+        candidates = [p for batch in self._source.recent for p in batch]
+        bad = _find_undecodable(candidates)
+        if not bad:
+            return RuntimeError(f"DALI pipeline failed on a batch of {len(candidates)} recent files: {exc}")
+        return DataError(
+            f"cannot decode {bad[0]}"
+            + (f" (and {len(bad) - 1} more: {bad[1:4]})" if len(bad) > 1 else "")
+            + " although its header passed validation; remove it or list it out of the source"
+        )
+
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # (B, S, S, 3) HWC -> (B, 3, S, S), channels_last strides
+        x = x if self.channels_last else x.contiguous()
+        return x.to(self.device, non_blocking=True)
+
+    def _to_torch(self, out: dict) -> tuple[torch.Tensor, ...]:
+        label = out["label"].reshape(-1).to(self.device, torch.int64, non_blocking=True)
+        if self.stage != "pretrain":
+            return self._image(out["image"]), label
+        views = []
+        for v, p in (("view1", "params1"), ("view2", "params2")):
+            x = self._image(out[v])
+            views.append(blur_batch(x, out[p][:, augment.SIGMA].to(x.device)))
+        return views[0], views[1], label
+
+
+def build_loader(
+    stage: str,
+    source,
+    *,
+    batch_size: int,
+    image_size: int = 224,
+    device="cpu",
+    seed: int = 0,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
+    num_threads: int = 2,
+    label_subset=None,
+    color_strength: float = 1.0,
+    channels_last: bool = False,
+    on_bad_file: str = "fail",
+    epoch: int = 0,
+    start_batch: int = 0,
+) -> DaliLoader:
+    """A DALI loader for ``stage``; see the package docstring for the full contract."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if batch_size < 1 or image_size < 1 or num_threads < 1:
+        raise ValueError(
+            f"batch_size, image_size, num_threads must be >= 1: {batch_size}, {image_size}, {num_threads}"
+        )
+    if color_strength < 0:
+        raise ValueError(f"color_strength must be >= 0, got {color_strength}")
+    shard = _default_shards(shard_id, num_shards)
+    listing = list_source(source, on_bad_file)
+    if label_subset is None:
+        pairs = None
+    elif isinstance(label_subset, float | int) and not isinstance(label_subset, bool):
+        pairs = _label_subset(source, fraction=float(label_subset), seed=seed)
+    elif isinstance(label_subset, str | os.PathLike):
+        pairs = _label_subset(source, file=label_subset)
+    else:
+        pairs = list(label_subset)
+    if pairs is not None:
+        paths, labels = [p for p, _ in pairs], np.asarray([y for _, y in pairs], dtype=np.int64)
+    else:
+        paths, labels = listing.paths, listing.labels
+    data = validate(paths, labels, on_bad_file)
+    src = _EpochSource(data, stage, batch_size, seed, shard, color_strength)
+    loader = DaliLoader(
+        src,
+        size=image_size,
+        device=device,
+        num_threads=num_threads,
+        channels_last=channels_last,
+        classes=listing.classes,
+    )
+    loader.set_epoch(epoch, start_batch)
+    return loader
