@@ -41,7 +41,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `tests` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.nvml import Nvml  # noqa: E402
+from benchmarks.nvml import Nvml, NvmlReading  # noqa: E402
 from benchmarks.report import Table, ratio  # noqa: E402
 from benchmarks.timing import Stopwatch  # noqa: E402
 
@@ -54,7 +54,9 @@ PHASES = {
 TEMPERATURE = {"pretrain": 0.1, "distill": 1.0}
 
 
-def count_flops(model_name: str, image_size: int, stage: str, teacher: str | None, small_images: bool) -> dict:
+def count_flops(
+    model_name: str, image_size: int, stage: str, teacher: str | None, small_images: bool
+) -> dict:
     """FLOPs per image: the encoder's forward, and one training step (model fwd + bwd, teacher fwd).
 
     Counted on meta-device models (no memory, no compute) with ``FlopCounterMode``, over a batch of
@@ -283,7 +285,8 @@ def bench_train_step(
     net = build_model(model, small_images=small_images, device=device).to(memory_format=fmt)
     big = None
     if stage == "distill":
-        big = build_model(teacher or model, small_images=small_images, device=device).to(memory_format=fmt).eval()
+        big = build_model(teacher or model, small_images=small_images, device=device)
+        big = big.to(memory_format=fmt).eval()
         for p in big.parameters():
             p.requires_grad_(False)
     tmp = None
@@ -366,9 +369,9 @@ def table(rows: list[dict], peaks_line: str | None = None) -> Table:
     # on the CPU) are left out rather than printed empty.
     columns = [c for c in columns if any(row.get(c[0]) is not None for row in out)]
     notes = [
-        f"encoder forward: {first['encoder_gflop_per_image']:.3g} GFLOP per image at {first['image_size']} px "
-        "(FlopCounterMode); GFLOP/img is one training step's model forward+backward (two views for "
-        "pretraining; plus the teacher's forward for distillation).",
+        f"encoder forward: {first['encoder_gflop_per_image']:.3g} GFLOP per image at "
+        f"{first['image_size']} px (FlopCounterMode); GFLOP/img is one training step's model "
+        "forward+backward (two views for pretraining; plus the teacher's forward for distillation).",
         "loss = loss forward + its backward to the model outputs; bwd = the model's backward alone.",
     ]
     if peaks_line:
@@ -379,7 +382,7 @@ def table(rows: list[dict], peaks_line: str | None = None) -> Table:
 def _nvml_cell(d: dict | None) -> str | None:
     if not d:
         return None
-    return f"{d['gpu_util_pct']:.0f}% {d['mem_used_gib']:.1f}GiB {d['power_w']:.0f}W {d['sm_clock_mhz']:.0f}MHz"
+    return NvmlReading(**d).short()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -387,14 +390,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="r50_1x_sk0")
-    p.add_argument("--teacher", default=None, help="distillation teacher (default: the student's architecture)")
+    p.add_argument("--teacher", default=None, help="distillation teacher (default: the student's model)")
     p.add_argument("--stage", choices=(*STAGES, "both"), default="both")
-    p.add_argument("--batch", type=int, default=None, help="images per step (default: 256 on GPU, 16 on CPU)")
+    p.add_argument("--batch", type=int, default=None, help="images per step (default: GPU 256, CPU 16)")
     p.add_argument("--image-size", type=int, default=None, help="default: 224 on GPU, 96 on CPU")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: GPU bf16, CPU fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--data", choices=("synthetic", "dali"), default="synthetic")
-    p.add_argument("--data-dir", default=None, help="ImageFolder for --data dali (default: JPEGs written here)")
+    p.add_argument("--data-dir", default=None, help="ImageFolder for --data dali (default: written)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     args = p.parse_args(argv)

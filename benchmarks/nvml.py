@@ -35,7 +35,8 @@ class NvmlReading:
     def short(self) -> str:
         """One compact cell for a table: ``util% / GiB / W / MHz``."""
         return (
-            f"{self.gpu_util_pct:.0f}% {self.mem_used_gib:.1f}GiB {self.power_w:.0f}W {self.sm_clock_mhz:.0f}MHz"
+            f"{self.gpu_util_pct:.0f}% {self.mem_used_gib:.1f}GiB {self.power_w:.0f}W "
+            f"{self.sm_clock_mhz:.0f}MHz"
         )
 
 
@@ -161,9 +162,10 @@ class Nvml:
         if not self.available:
             return self.reason
         r = self.read() or {}
+        nan = float("nan")
         return (
-            f"NVML: {self.name}, {r.get('mem_used_gib', float('nan')):.1f} GiB used, "
-            f"{r.get('power_w', float('nan')):.0f} W, SM {r.get('sm_clock_mhz', float('nan')):.0f} MHz at start"
+            f"NVML: {self.name}, {r.get('mem_used_gib', nan):.1f} GiB used, "
+            f"{r.get('power_w', nan):.0f} W, SM {r.get('sm_clock_mhz', nan):.0f} MHz at start"
         )
 
 
