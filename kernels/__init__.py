@@ -1,0 +1,1 @@
+from .distill_ce import distill_ce as distill_ce
