@@ -38,3 +38,30 @@ def nt_xent_reference(
     s = s.masked_fill(F.one_hot(idx, cols.shape[0]).bool(), float("-inf"))
     pos = s[idx, (idx + half) % n2]
     return (torch.logsumexp(s, dim=1) - pos).mean()
+
+
+def distill_ce_reference(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float = 1.0,
+    labels: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    ignore_index: int = -100,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """SimCLR v2 distillation cross-entropy, the eager way (log_softmax + softmax + sum).
+
+    student, teacher: (B, C) logits (the teacher gets no gradient); labels: (B,) or None. Returns
+    a 0-dim tensor: mean over the B rows of α·soft_i + (1 − α)·[labels_i ≠ ignore_index]·hard_i,
+    soft_i = −Σ_y softmax(t_i/τ)_y log softmax(s_i/τ)_y, hard_i = −log softmax(s_i)_{labels_i}.
+    Computed in ``dtype`` (float64 for tests; benchmarks pass the input dtype).
+    """
+    s = student.to(dtype)
+    t = teacher.detach().to(dtype)
+    soft = -(torch.softmax(t / temperature, dim=1) * torch.log_softmax(s / temperature, dim=1)).sum(dim=1)
+    rows = alpha * soft  # (B,)
+    if alpha < 1.0:
+        labelled = labels != ignore_index
+        hard = F.cross_entropy(s, torch.where(labelled, labels, 0), reduction="none")  # (B,)
+        rows = rows + (1.0 - alpha) * torch.where(labelled, hard, 0.0)
+    return rows.mean()
