@@ -106,26 +106,6 @@ def _loss_fns(stage: str):
     return fused, eager
 
 
-def write_jpegs(folder: str, count: int, side: int, classes: int = 4, seed: int = 0) -> str:
-    """Write ``count`` JPEGs of ``side``² pixels as an ImageFolder under ``folder``; returns it.
-
-    The pictures are smooth random colour fields with fine noise (quality 90), so they decode at
-    a cost closer to photographs than flat or pure-noise images do.
-    """
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        cls = os.path.join(folder, f"class{i % classes}")
-        os.makedirs(cls, exist_ok=True)
-        coarse = rng.uniform(0, 255, size=(8, 8, 3)).astype(np.uint8)
-        img = Image.fromarray(coarse).resize((side, side), Image.BICUBIC)
-        pixels = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, size=(side, side, 3))
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(os.path.join(cls, f"{i}.jpg"), quality=90)
-    return folder
-
-
 class _Batches:
     """Endless batches for one stage: pre-made tensors (synthetic) or a DALI loader over epochs."""
 
@@ -294,7 +274,11 @@ def bench_train_step(
         tmp = tempfile.TemporaryDirectory(prefix="flashclr-bench-")
         # Enough files for the timed steps of one loss within one epoch where that is cheap.
         count = min(batch * (warmup + steps), 2048)
-        data_dir = write_jpegs(tmp.name, max(count, 2 * batch), max(image_size * 8 // 7, 32))
+        # The data pipeline benchmark's pictures, a little larger than the crops (ImageNet-like).
+        from benchmarks.bench_dataio import write_jpegs
+
+        write_jpegs(tmp.name, max(count, 2 * batch), side=max(image_size * 8 // 7, 32))
+        data_dir = tmp.name
     try:
         batches = _Batches(stage, batch, image_size, device, channels_last, data, data_dir, 1000)
         fns = dict(zip(LOSSES, _loss_fns(stage), strict=True))

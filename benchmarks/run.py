@@ -1,0 +1,308 @@
+"""flashclr's benchmark suite in one command: one table per component, the reference beside each figure.
+
+    python benchmarks/run.py [--quick] [--plot] [--gpu] [--out DIR] [--only nt_xent,train_step]
+
+Components, each measured against its reference in the same run and reported as a ratio:
+
+==============  ===========================================  ====================================
+component       ours                                         reference(s)
+==============  ===========================================  ====================================
+nt_xent         ``flashclr.kernels.nt_xent`` (fused)          naive torch, eager and torch.compile
+distill_ce      ``flashclr.kernels.distill_ce`` (fused)       eager torch (log_softmax + softmax)
+dataio          ``flashclr.dataio`` DALI pretraining loader   PIL + torch DataLoader, same chain
+lars            ``flashclr.core.lars.LARS`` step              per-parameter Python loop
+train_step      a whole pretraining / distillation step      the same step with the eager loss
+==============  ===========================================  ====================================
+
+The component benchmarks live beside this file (``bench_<component>.py``); a component whose module
+is not in the checkout is reported in one line and skipped. Sizes: ``--quick`` tiny (seconds; the
+smoke test and ``make bench``), default the CPU sizes of each issue, ``--gpu`` the GPU sizes of
+``benchmarks/gpu_check.sh`` (2N up to 32768 for NT-Xent, r50_1x_sk0 at batch 256 bf16 channels_last).
+
+Every run starts with the machine (device, versions, date, command, load), NVML's state (one line
+without a GPU), and the measured matmul peak and copy bandwidth (:mod:`benchmarks.peaks`), the
+denominators of the "% of peak" columns. It writes ``bench.json`` (everything, machine-readable)
+and ``bench.md`` (the tables) under ``--out``, else ``$OUT``, else ``./bench-out``; ``--plot`` adds
+PNGs of time and memory against batch size for the losses (:mod:`benchmarks.plots`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script: `benchmarks` and `tests` import from the repo root
+    sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+
+from benchmarks import peaks as peaks_mod  # noqa: E402
+from benchmarks.nvml import Nvml  # noqa: E402
+from benchmarks.report import Table, machine, machine_line, ratio  # noqa: E402
+
+MODES = ("quick", "cpu", "gpu")
+
+
+@dataclass
+class Context:
+    """What every component adapter gets: where to run, at which sizes, and the measured peaks."""
+
+    device: torch.device
+    mode: str  # one of MODES
+    peaks: peaks_mod.Peaks
+    nvml: Nvml
+    args: argparse.Namespace
+
+
+def _kwargs_for(fn: Callable, wanted: dict) -> dict:
+    """The entries of ``wanted`` that ``fn`` accepts (component functions grow arguments over time;
+    a size it does not take is left to its default)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(wanted)
+    return {k: v for k, v in wanted.items() if k in params}
+
+
+def _sampled(ctx: Context, fn: Callable, *args, **kwargs):
+    """Call ``fn`` with NVML polling around it; returns (result, NVML summary dict or None)."""
+    with ctx.nvml.sample() as got:
+        out = fn(*args, **kwargs)
+    return out, (got[0].as_dict() if got[0] is not None else None)
+
+
+def _nvml_cell(reading: dict | None) -> str | None:
+    if not reading:
+        return None
+    return (
+        f"{reading['gpu_util_pct']:.0f}% {reading['mem_used_gib']:.1f}GiB {reading['power_w']:.0f}W "
+        f"{reading['sm_clock_mhz']:.0f}MHz"
+    )
+
+
+# --- component: data pipeline -----------------------------------------------------------------
+
+
+def run_dataio(ctx: Context) -> Table:
+    from benchmarks.bench_dataio import bench_dataio
+
+    sizes = {
+        "quick": dict(n_images=16, batch=8, size=32, workers=1, epochs=1),
+        "cpu": dict(n_images=400, batch=32, size=224, workers=2, epochs=2),
+        "gpu": dict(n_images=2048, batch=256, size=224, workers=min(16, os.cpu_count() or 2), epochs=2),
+    }[ctx.mode]
+    sizes["device"] = str(ctx.device)
+    kwargs = _kwargs_for(bench_dataio, sizes)
+    notes = []
+    if ctx.device.type == "cuda" and "device" not in kwargs:
+        notes.append("bench_dataio takes no device: both loaders ran on the CPU (DALI CPU-only).")
+    rows, reading = _sampled(ctx, bench_dataio, **kwargs)
+    ref = next(r for r in rows if "reference" in r["loader"].lower() or "pil" in r["loader"].lower())
+    out = []
+    for r in rows:
+        if r is ref:
+            continue
+        out.append(
+            {
+                "loader": r["loader"],
+                "images_per_s": r["images_per_s"],
+                "reference": ref["loader"],
+                "reference_images_per_s": ref["images_per_s"],
+                "ratio": ratio(r["images_per_s"], ref["images_per_s"]),
+                "images": r.get("images"),
+                "batch": r.get("batch"),
+                "size": r.get("size"),
+                "workers": r.get("workers"),
+                "nvml": _nvml_cell(reading),
+            }
+        )
+    columns = [
+        ("loader", "loader"),
+        ("images_per_s", "img/s (2 views each)"),
+        ("reference", "reference"),
+        ("reference_images_per_s", "reference img/s"),
+        ("ratio", "ratio"),
+        ("images", "images"),
+        ("batch", "batch"),
+        ("size", "px"),
+        ("workers", "workers/threads"),
+        ("nvml", "NVML util/mem/power/clock"),
+    ]
+    columns = [c for c in columns if any(r.get(c[0]) is not None for r in out)]
+    notes.append(
+        "Full SimCLR augmentation chain on both sides (blur included); JPEGs written by the benchmark."
+    )
+    return Table("dataio", "Data pipeline: pretraining loader, two views per image", columns, out, notes)
+
+
+# --- component: training step ------------------------------------------------------------------
+
+
+# Sizes per mode. quick: a quarter-width ResNet-18 on 32-px images (seconds). cpu: r50 at 96 px,
+# about a minute per stage on 2 cores. gpu: the issue's r50_1x_sk0, batch 256 per GPU, bf16, NHWC.
+TRAIN_STEP_SIZES = {
+    "quick": dict(model="r18_0.25x_sk0", batch=4, image_size=32, precision="fp32", channels_last=False),
+    "cpu": dict(model="r50_1x_sk0", batch=16, image_size=96, precision="fp32", channels_last=False),
+    "gpu": dict(model="r50_1x_sk0", batch=256, image_size=224, precision="bf16", channels_last=True),
+}
+TRAIN_STEP_STEPS = {"quick": (1, 1), "cpu": (2, 5), "gpu": (5, 15)}  # (warm-up, timed) steps
+
+
+def run_train_step(ctx: Context) -> Table:
+    from benchmarks import bench_train_step as bts
+
+    a = ctx.args
+    cfg = dict(TRAIN_STEP_SIZES[ctx.mode])
+    for key in cfg:
+        if getattr(a, key) is not None:
+            cfg[key] = getattr(a, key)
+    warmup, steps = TRAIN_STEP_STEPS[ctx.mode]
+    rows, notes = [], []
+    for stage in bts.STAGES:
+        try:
+            rows += bts.bench_train_step(
+                stage=stage,
+                warmup=warmup,
+                steps=steps,
+                small_images=cfg["image_size"] <= 64,
+                data=a.train_data,
+                peak_tflops=ctx.peaks.matmul_tflops,
+                device=ctx.device,
+                nvml=ctx.nvml,
+                **cfg,
+            )
+        except (ImportError, AttributeError) as exc:  # a piece (loss, reference) not in the checkout
+            notes.append(f"{stage} step: skipped, a piece is missing ({type(exc).__name__}: {exc})")
+    if not rows:
+        raise RuntimeError("; ".join(notes))
+    table = bts.table(rows, ctx.peaks.line())
+    table.notes += notes
+    return table
+
+
+# --- the runner --------------------------------------------------------------------------------
+
+COMPONENTS: dict[str, tuple[str, Callable[[Context], Table], str]] = {
+    # name: (module under benchmarks/, adapter, who provides it)
+    "dataio": ("bench_dataio", run_dataio, "issue 6"),
+    "train_step": ("bench_train_step", run_train_step, "issue 9"),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for smoke tests")
+    size.add_argument("--gpu", action="store_true", help="the GPU sizes of gpu_check.sh (needs CUDA)")
+    p.add_argument("--plot", action="store_true", help="write PNGs of time/memory against batch size")
+    p.add_argument("--out", default=None, help="output folder (default: $OUT, else ./bench-out)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(COMPONENTS)}")
+    t = p.add_argument_group("training step (defaults depend on the size mode)")
+    t.add_argument("--model", default=None, help="e.g. r50_1x_sk0 (flashclr.core.models.list_models())")
+    t.add_argument("--batch", type=int, default=None, help="images per step")
+    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument(
+        "--train-data", choices=("synthetic", "dali"), default="synthetic",
+        help="synthetic: a pre-made batch (compute only); dali: flashclr.dataio over written JPEGs",
+    )  # fmt: skip
+    args = p.parse_args(argv)
+    if args.only:
+        args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+        unknown = [c for c in args.only if c not in COMPONENTS]
+        if unknown:
+            p.error(f"--only: unknown component(s) {unknown}; known: {', '.join(COMPONENTS)}")
+    else:
+        args.only = list(COMPONENTS)
+    if args.gpu and not torch.cuda.is_available():
+        p.error("--gpu needs a CUDA device, and torch sees none (drop --gpu for the CPU sizes)")
+    return args
+
+
+def out_dir(args: argparse.Namespace) -> str:
+    return args.out or os.environ.get("OUT") or os.path.join(os.getcwd(), "bench-out")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the selected components; returns what it writes to ``bench.json``."""
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mode = "quick" if args.quick else ("gpu" if args.gpu else "cpu")
+    folder = out_dir(args)
+    os.makedirs(folder, exist_ok=True)
+
+    info = machine(device)
+    info["command"] = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(machine_line(info), flush=True)
+    nvml = Nvml()
+    print(nvml.describe() if nvml.available else nvml.reason, flush=True)
+    pk = peaks_mod.measure(device, quick=args.quick)
+    print(pk.line(), flush=True)
+    ctx = Context(device, mode, pk, nvml, args)
+
+    result = {"machine": info, "mode": mode, "nvml": nvml.reason or nvml.name, "peaks": pk.as_dict()}
+    result.update(tables=[], skipped=[], failed=[])
+    for name in args.only:
+        module, adapter, owner = COMPONENTS[name]
+        if importlib.util.find_spec(f"benchmarks.{module}") is None:
+            line = f"{name}: benchmarks/{module}.py is not in this checkout ({owner}); skipped"
+            print(line, flush=True)
+            result["skipped"].append({"component": name, "reason": line})
+            continue
+        t0 = time.perf_counter()
+        try:
+            table = adapter(ctx)
+        except Exception as exc:  # one component failing must not lose the others' figures
+            line = f"{name}: FAILED ({type(exc).__name__}: {exc})"
+            print(line, flush=True)
+            result["failed"].append({"component": name, "error": line, "traceback": traceback.format_exc()})
+            continue
+        table.notes.append(f"({name} took {time.perf_counter() - t0:.0f} s in this run)")
+        print("\n" + table.text() + "\n", flush=True)
+        result["tables"].append(table.as_dict())
+
+    info["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    _write(folder, result)
+    if args.plot:
+        from benchmarks import plots
+
+        for path in plots.write(result, folder):
+            print(f"plot: {path}")
+    print(f"wrote {os.path.join(folder, 'bench.json')} and bench.md")
+    return result
+
+
+def _write(folder: str, result: dict) -> None:
+    with open(os.path.join(folder, "bench.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1, default=str)
+    info = result["machine"]
+    lines = [
+        machine_line(info),
+        result["nvml"] if isinstance(result["nvml"], str) else "",
+        peaks_mod.Peaks(**result["peaks"]).line(),
+        "",
+    ]
+    lines += [s["reason"] for s in result["skipped"]] + [f["error"] for f in result["failed"]]
+    for t in result["tables"]:
+        table = Table(t["name"], t["title"], [tuple(c) for c in t["columns"]], t["rows"], t["notes"])
+        lines += ["", table.text()]
+    with open(os.path.join(folder, "bench.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines).strip() + "\n")
+
+
+if __name__ == "__main__":
+    main()
