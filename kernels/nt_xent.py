@@ -235,7 +235,8 @@ def _nt_xent_bwd_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = offs_d < dim
     # 1. the anchors' own base-2 logsumexp and weight.
-    lse_r = tl.load(lse_ptr + z_rows, mask=row_mask, other=0.0) * 1.4426950408889634
+    # Masked lanes read lse = +inf, so their 2^(t - lse) is 0 instead of an overflow.
+    lse_r = tl.load(lse_ptr + z_rows, mask=row_mask, other=float("inf")) * 1.4426950408889634
     g_r = tl.load(g_ptr + z_rows, mask=row_mask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     # 2. batch columns: W = g_k 2^(t - lse_k) + g_j 2^(t - lse_j), self column excluded.
@@ -260,7 +261,7 @@ def _nt_xent_bwd_kernel(
             )
             * scale
         )
-        lse_c = tl.load(lse_ptr + cols, mask=col_mask, other=0.0) * 1.4426950408889634
+        lse_c = tl.load(lse_ptr + cols, mask=col_mask, other=float("inf")) * 1.4426950408889634
         g_c = tl.load(g_ptr + cols, mask=col_mask, other=0.0)
         w = g_r[:, None] * tl.exp2(t - lse_r[:, None]) + g_c[None, :] * tl.exp2(t - lse_c[None, :])
         valid = row_mask[:, None] & col_mask[None, :] & (cols[None, :] != z_rows[:, None])
@@ -344,15 +345,17 @@ def nt_xent_triton_forward(
     negatives: torch.Tensor | None,
     inv_tau: float,
     fixed_max: bool,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch the forward kernel. z: (C, D) contiguous; negatives: (M, D) or None.
 
-    Returns the (n_rows,) fp32 logsumexps of the anchors ``z[row_start : row_start + n_rows]``.
+    Returns the (n_rows,) fp32 logsumexps of the anchors ``z[row_start : row_start + n_rows]``,
+    written into ``out`` when given (tests pass a NaN-filled one).
     """
     n_cols, dim = z.shape
     neg = z if negatives is None else negatives  # any valid pointer when there are none
     n_neg = 0 if negatives is None else negatives.shape[0]
-    lse = torch.empty(n_rows, dtype=torch.float32, device=z.device)
+    lse = torch.empty(n_rows, dtype=torch.float32, device=z.device) if out is None else out
     _nt_xent_fwd_kernel[(triton.cdiv(n_rows, BLOCK_M),)](
         z,
         neg,
@@ -385,8 +388,10 @@ def nt_xent_triton_backward(
     lse: torch.Tensor,
     g: torch.Tensor,
     fixed_max: bool,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the backward kernel; returns the (n_rows, D) fp32 accumulator (see the kernel).
+    """Launch the backward kernel; returns the (n_rows, D) fp32 accumulator (see the kernel),
+    written into ``out`` (contiguous) when given.
 
     lse, g: (C,) fp32 per column of z. ``fixed_max`` is unused: with the logsumexps known, every
     P_ij ≤ 1 and no maximum is needed.
@@ -395,7 +400,7 @@ def nt_xent_triton_backward(
     n_cols, dim = z.shape
     neg = z if negatives is None else negatives
     n_neg = 0 if negatives is None else negatives.shape[0]
-    acc = torch.empty(n_rows, dim, dtype=torch.float32, device=z.device)
+    acc = torch.empty(n_rows, dim, dtype=torch.float32, device=z.device) if out is None else out
     block_d = _block_d(dim)
     _nt_xent_bwd_kernel[(triton.cdiv(n_rows, BLOCK_M), triton.cdiv(dim, block_d))](
         z,
