@@ -33,8 +33,8 @@ Public API::
   stops the epoch with a DataError naming it.
 - ``loader.classes`` / ``loader.num_classes``; ``loader.skipped``.
 
-The pretrain views come out fully augmented: crop, flip, colour jitter and grayscale in DALI,
-the Gaussian blur (p = 0.5 per view) on the batch inside the iterator (blur.py).
+The pretrain views come out fully augmented, all in DALI: crop, flip, colour jitter, grayscale
+and the Gaussian blur (p = 0.5 per view; window rule in augment.py).
 
 ``python -m flashclr.dataio.digits OUT_DIR`` writes scikit-learn's handwritten digits as a JPEG
 ImageFolder (train/ and val/).

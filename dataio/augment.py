@@ -16,8 +16,11 @@ The SimCLR v2 chain (paper appendix A / official ``data_util.py``), for colour s
   DALI's ``color_twist`` applies the four in one fixed order instead of a random order;
 - grayscale with p = 0.2, folded into the same ``color_twist`` as saturation 0 (zeroing the
   chroma after the other three changes equals converting the jittered image to gray);
-- Gaussian blur with p = 0.5, sigma uniform in [0.1, 2]; sigma 0 means "no blur". The blur itself
-  runs on the batch (see blur.py).
+- Gaussian blur with p = 0.5, sigma uniform in [0.1, 2]; sigma 0 means "no blur". Window: the
+  official ``kernel_size = side // 10`` made odd (23 taps at 224 px, 3 at 32 px), cut to
+  ``2 * ceil(3 sigma) + 1`` taps when that is shorter: the taps dropped hold under 0.3% of the
+  Gaussian's mass (below one grey level on 8-bit data) and the cut makes DALI's CPU blur about
+  3x cheaper on average. A view that is not blurred gets a 1-tap window (identity).
 """
 
 from __future__ import annotations
@@ -41,6 +44,23 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE, SIGMA = 4, 5, 6, 7, 8
 N_PARAMS = 9
 
 STAGE_CODES = {"pretrain": 0, "finetune": 1, "distill": 2, "eval": 3}
+
+
+def blur_window(side: int) -> int:
+    """The official window length for views of ``side`` pixels: ``side // 10`` made odd."""
+    return 2 * ((side // 10) // 2) + 1
+
+
+def blur_args(params: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view ``(window_size, sigma)`` for DALI's gaussian_blur from rows of ``params`` (B, N_PARAMS).
+
+    Returns (B,) int32 windows (1 = not blurred) and (B,) float32 sigmas (1.0 where not blurred,
+    as DALI needs a positive sigma even for a 1-tap window).
+    """
+    sigma = params[:, SIGMA].astype(np.float64)
+    cut = 2 * np.ceil(3 * sigma) + 1
+    window = np.where(sigma > 0, np.minimum(cut, blur_window(side)), 1).astype(np.int32)
+    return window, np.where(sigma > 0, sigma, 1.0).astype(np.float32)
 
 
 def batch_rng(seed: int, epoch: int, shard_id: int, batch_index: int, stage: str) -> np.random.Generator:

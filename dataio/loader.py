@@ -27,7 +27,6 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from PIL import Image
 
 from . import augment
-from .blur import blur_batch
 from .folder import DataError, Validated, list_source, validate
 from .pipelines import OUTPUTS, stage_pipeline
 from .subsets import label_subset as _label_subset
@@ -68,11 +67,11 @@ class _EpochSource:
     """
 
     def __init__(
-        self, data: Validated, stage: str, batch_size: int, seed: int, shard: tuple[int, int], strength
+        self, data: Validated, stage: str, batch_size: int, seed: int, shard: tuple[int, int], strength, size
     ):
         self.data, self.stage, self.batch_size, self.seed = data, stage, batch_size, seed
         self.shard_id, self.num_shards = shard
-        self.strength = strength
+        self.strength, self.size = strength, size
         self.epoch, self.start_batch = 0, 0
         n = len(data.paths)
         if stage == "eval":
@@ -116,7 +115,14 @@ class _EpochSource:
             if self.stage == "pretrain":
                 p1 = augment.simclr_params(rng, sizes, self.strength)
                 p2 = augment.simclr_params(rng, sizes, self.strength)
-                yield encoded, labels, p1, p2
+                yield (
+                    encoded,
+                    labels,
+                    p1,
+                    *augment.blur_args(p1, self.size),
+                    p2,
+                    *augment.blur_args(p2, self.size),
+                )
             else:
                 yield encoded, labels, augment.crop_flip_params(rng, sizes)
 
@@ -238,11 +244,7 @@ class DaliLoader:
         label = out["label"].reshape(-1).to(self.device, torch.int64, non_blocking=True)
         if self.stage != "pretrain":
             return self._image(out["image"]), label
-        views = []
-        for v, p in (("view1", "params1"), ("view2", "params2")):
-            x = self._image(out[v])
-            views.append(blur_batch(x, out[p][:, augment.SIGMA].to(x.device)))
-        return views[0], views[1], label
+        return self._image(out["view1"]), self._image(out["view2"]), label
 
 
 def build_loader(
@@ -287,7 +289,7 @@ def build_loader(
     else:
         paths, labels = listing.paths, listing.labels
     data = validate(paths, labels, on_bad_file)
-    src = _EpochSource(data, stage, batch_size, seed, shard, color_strength)
+    src = _EpochSource(data, stage, batch_size, seed, shard, color_strength, image_size)
     loader = DaliLoader(
         src,
         size=image_size,
