@@ -3,8 +3,8 @@
 Coverage (chosen to fit the ~150 s budget on 2 cores):
 - the tiled torch path: the issue's grid N ∈ {1, 2, 7, 64, 257} × D ∈ {1, 3, 64, 96, 128, 300}
   × τ ∈ {0.05, 0.1, 0.5} in fp32 and N = 1000 on three (D, τ), plus a diagonal sample of the
-  grid in bf16, fp16 and float64, the online-maximum path (unnormalised, τ < 0.025), negatives, and tiny tiles that force
-  every branch of the symmetric tiling;
+  grid in bf16, fp16 and float64, the online-maximum path (unnormalised, τ < 0.025), negatives,
+  and tiny tiles that force every branch of the symmetric tiling;
 - the Triton kernels under the interpreter (slow: ~1e3× the GPU): a diagonal sample of the grid
   covering every N up to 257 (N = 1000 takes 18 s there), every D and τ, across fp32, bf16
   (tiles upcast, see nt_xent.py) and fp16, plus
