@@ -62,6 +62,6 @@ def distill_ce_reference(
     rows = alpha * soft  # (B,)
     if alpha < 1.0:
         labelled = labels != ignore_index
-        hard = F.cross_entropy(s, torch.where(labelled, labels, 0), reduction="none")  # (B,)
+        hard = F.cross_entropy(s, torch.where(labelled, labels, 0).long(), reduction="none")  # (B,)
         rows = rows + (1.0 - alpha) * torch.where(labelled, hard, 0.0)
     return rows.mean()
