@@ -51,7 +51,8 @@ def write(result: dict, folder: str) -> list[str]:
             continue
         x_key, x_label, group_key = PLOTTED[table["name"]]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-        for ax, suffix, y_label in ((axes[0], "_ms", "forward + backward (ms)"), (axes[1], "_mib", "peak memory (MiB)")):
+        panels = ((axes[0], "_ms", "forward + backward (ms)"), (axes[1], "_mib", "peak memory (MiB)"))
+        for ax, suffix, y_label in panels:
             series = _series(table["rows"], x_key, group_key, suffix)
             for label, points in series.items():
                 xs, ys = zip(*points, strict=True)
