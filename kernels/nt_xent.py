@@ -618,3 +618,43 @@ def nt_xent(
         _check_distributed_shapes(z1)
     gather = gather_distributed and distributed.world_size() > 1
     return NTXentFunction.apply(z1, z2, negatives, inv_tau, normalize, gather, backend)
+
+
+def _aot_spec(kernel: str, dtype: str, fixed_max: bool = True) -> dict:
+    """One shipped config (D = 128, the SimCLR projection width) in ``kernels/aot.py``'s format."""
+    ptr = f"*{dtype}"
+    common = {"n_rows": "i32", "n_cols": "i32", "n_neg": "i32", "dim": "i32", "row_start": "i32"}
+    blocks = {"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_D": MAX_BLOCK_D}
+    if kernel == "fwd":
+        fn = _nt_xent_fwd_kernel
+        pointers = {"z_ptr": ptr, "neg_ptr": ptr, "lse_ptr": "*fp32"}
+        strides = {"z_stride": "i32", "neg_stride": "i32"}
+        constexprs = {"FIXED_MAX": fixed_max, "UPCAST": False, **blocks}
+    else:
+        fn = _nt_xent_bwd_kernel
+        pointers = {"z_ptr": ptr, "neg_ptr": ptr, "lse_ptr": "*fp32", "g_ptr": "*fp32", "acc_ptr": "*fp32"}
+        strides = {"z_stride": "i32", "neg_stride": "i32", "acc_stride": "i32"}
+        constexprs = {"UPCAST": False, **blocks}
+    signature = {**pointers, **common, **strides, "scale": "fp32", **dict.fromkeys(constexprs, "constexpr")}
+    return {
+        "name": f"nt_xent_{kernel}" + ("" if kernel == "bwd" or fixed_max else "_online"),
+        "fn": fn,
+        "signature": signature,
+        "constexprs": constexprs,
+        "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES,
+        "dtype": dtype,
+        # fp32 tiles go through tf32 wgmma too, but only the bf16 use is promised and tested.
+        "expect_wgmma": dtype == "bf16",
+    }
+
+
+AOT_SPECS = [
+    _aot_spec("fwd", "bf16"),
+    _aot_spec("fwd", "bf16", fixed_max=False),
+    _aot_spec("bwd", "bf16"),
+    _aot_spec("fwd", "fp16"),
+    _aot_spec("bwd", "fp16"),
+    _aot_spec("fwd", "fp32"),
+    _aot_spec("bwd", "fp32"),
+]

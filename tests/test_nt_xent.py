@@ -299,3 +299,35 @@ def test_different_devices_raise_without_gpu():
         nt_xent(torch.randn(4, 8), torch.randn(4, 8, device="meta"))
     with pytest.raises(ValueError, match="negatives are on"):
         nt_xent(torch.randn(4, 8), torch.randn(4, 8), negatives=torch.randn(2, 8, device="meta"))
+
+
+# ---------------------------------------------------------------- nn.Module
+
+
+def test_ntxent_loss_module_matches_function():
+    from flashclr.core.losses import NTXentLoss
+
+    z1, z2 = _inputs(6, 5, torch.float32)
+    assert torch.equal(NTXentLoss(0.2)(z1, z2), nt_xent(z1, z2, 0.2))
+    with pytest.raises(ValueError, match="temperature"):
+        NTXentLoss(0.0)
+    with pytest.raises(ValueError, match="memory_bank_size"):
+        NTXentLoss(memory_bank_size=-1)
+
+
+def test_ntxent_loss_memory_bank_is_a_fifo_of_negatives():
+    from flashclr.core.losses import NTXentLoss
+
+    criterion = NTXentLoss(0.1, memory_bank_size=10)
+    batches = [_inputs(3, 4, torch.float32) for _ in range(3)]
+    seen = []
+    for z1, z2 in batches:
+        loss = criterion(z1, z2)
+        negatives = torch.cat(seen)[-10:] if seen else None
+        ref = nt_xent_reference(z1.detach().double(), z2.detach().double(), 0.1, True, negatives)
+        torch.testing.assert_close(loss.double(), ref, atol=1e-5, rtol=0)
+        seen.append(torch.nn.functional.normalize(torch.cat([z1, z2]).detach(), dim=1))
+    assert int(criterion.filled) == 10 and criterion.queue.shape == (10, 4)
+    criterion.eval()  # evaluation does not push
+    criterion(*batches[0])
+    assert int(criterion.head) == (3 * 6) % 10
