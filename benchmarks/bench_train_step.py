@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import statistics
@@ -54,37 +55,46 @@ PHASES = {
 TEMPERATURE = {"pretrain": 0.1, "distill": 1.0}
 
 
-def count_flops(
-    model_name: str, image_size: int, stage: str, teacher: str | None, small_images: bool
-) -> dict:
-    """FLOPs per image: the encoder's forward, and one training step (model fwd + bwd, teacher fwd).
-
-    Counted on meta-device models (no memory, no compute) with ``FlopCounterMode``, over a batch of
-    2 (batch norm in training mode needs more than one value per channel) divided by 2. A
-    pretraining image has two views: its step count is two views' worth.
-    """
+@functools.lru_cache(maxsize=8)
+def _meta_counts(model_name: str, image_size: int, small_images: bool) -> dict:
+    """FLOPs per image of one model: encoder forward, logits forward, and forward + backward of
+    the projections and of the logits; counted once per (model, size)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from flashclr.core.models import build_model
 
     model = build_model(model_name, small_images=small_images, device="meta")
+    # A batch of 2: batch norm in training mode needs more than one value per channel.
     x = torch.empty(2, 3, image_size, image_size, device="meta")
-    with FlopCounterMode(display=False) as counter:
-        model.encoder(x)
-    encoder_fwd = counter.get_total_flops() / 2
-    with FlopCounterMode(display=False) as counter:
-        out = model.projections(x) if stage == "pretrain" else model.logits(x)
-        out.sum().backward()
-    step = counter.get_total_flops() / 2
+    counts = {}
+    for key, run in (
+        ("encoder_fwd", lambda: model.encoder(x)),
+        ("logits_fwd", lambda: model.logits(x)),
+        ("projections_train", lambda: model.projections(x).sum().backward()),
+        ("logits_train", lambda: model.logits(x).sum().backward()),
+    ):
+        with FlopCounterMode(display=False) as counter:
+            run()
+        counts[key] = counter.get_total_flops() / 2
+    return counts
+
+
+def count_flops(
+    model_name: str, image_size: int, stage: str, teacher: str | None, small_images: bool
+) -> dict:
+    """FLOPs per image: the encoder's forward, and one training step (model fwd + bwd, teacher fwd).
+
+    Counted on meta-device models (no memory, no compute) with ``FlopCounterMode``. A pretraining
+    image has two views: its step counts two views' worth; a distillation image adds the
+    teacher's forward. The losses are not counted.
+    """
+    counts = _meta_counts(model_name, image_size, small_images)
     if stage == "pretrain":
-        step *= 2  # two views per image
-    teacher_fwd = 0.0
-    if stage == "distill":
-        big = build_model(teacher or model_name, small_images=small_images, device="meta").eval()
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            big.logits(x)
-        teacher_fwd = counter.get_total_flops() / 2
-    return {"encoder_fwd": encoder_fwd, "step": step + teacher_fwd}
+        step = 2 * counts["projections_train"]
+    else:
+        teacher_counts = _meta_counts(teacher or model_name, image_size, small_images)
+        step = counts["logits_train"] + teacher_counts["logits_fwd"]
+    return {"encoder_fwd": counts["encoder_fwd"], "step": step}
 
 
 def _loss_fns(stage: str):
@@ -360,7 +370,7 @@ def table(rows: list[dict], peaks_line: str | None = None) -> Table:
     ]
     if peaks_line:
         notes.append(f"MFU against the {peaks_line}.")
-    return Table("train_step", title, columns, out, notes)
+    return Table("train_step", title, columns, out, notes, reference=["vs_eager"])
 
 
 def _nvml_cell(d: dict | None) -> str | None:

@@ -23,7 +23,8 @@ class Table:
     """One component's results.
 
     ``columns`` are ``(key, header)`` pairs; each row is a dict over those keys (missing keys and
-    ``None`` print as ``-``: a figure that was not measured is never printed).
+    ``None`` print as ``-``: a figure that was not measured is never printed). ``reference`` names
+    the columns that hold the reference's figures or the ratio against it.
     """
 
     name: str
@@ -31,6 +32,7 @@ class Table:
     columns: list[tuple[str, str]]
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reference: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         headers = [h for _, h in self.columns]

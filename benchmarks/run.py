@@ -141,7 +141,8 @@ def run_dataio(ctx: Context) -> Table:
     notes.append(
         "Full SimCLR augmentation chain on both sides (blur included); JPEGs written by the benchmark."
     )
-    return Table("dataio", "Data pipeline: pretraining loader, two views per image", columns, out, notes)
+    title = "Data pipeline: pretraining loader, two views per image"
+    return Table("dataio", title, columns, out, notes, reference=["reference_images_per_s", "ratio"])
 
 
 # --- component: training step ------------------------------------------------------------------
@@ -298,7 +299,7 @@ def _write(folder: str, result: dict) -> None:
     ]
     lines += [s["reason"] for s in result["skipped"]] + [f["error"] for f in result["failed"]]
     for t in result["tables"]:
-        table = Table(t["name"], t["title"], [tuple(c) for c in t["columns"]], t["rows"], t["notes"])
+        table = Table(**{**t, "columns": [tuple(c) for c in t["columns"]]})
         lines += ["", table.text()]
     with open(os.path.join(folder, "bench.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines).strip() + "\n")
