@@ -1,0 +1,105 @@
+"""Launched by tests/test_lars_zero.py through `deepspeed --num_gpus 2`: K LARS steps on a small
+SK-ResNet under real DeepSpeed engines with ZeRO stages 1, 2 and 3, once with flashclr's LARS and
+its ZeRO layout and once with the naive per-tensor reference LARS over DeepSpeed's flat partitions.
+Rank 0 writes the final weights of each run to OUT_DIR/{lars,naive}_stage{s}.pt.
+
+The test imports `build_model`, `batch` and the constants from here to compute the unsharded
+single-process reference with the same initial weights and data.
+"""
+
+import argparse
+import os
+
+import torch
+from torch import nn
+
+K_STEPS, LR, WEIGHT_DECAY, MICRO_BATCH, WORLD = 5, 0.5, 1e-2, 4, 2
+
+
+class Objective(nn.Module):
+    """Wraps the model so that the engine's forward returns a scalar loss on the projections."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.projections(x).square().mean()
+
+
+def build_model() -> nn.Module:
+    from flashclr.core.models import build_model as build
+
+    torch.manual_seed(0)
+    return Objective(
+        build("r18_0.125x_sk1", num_classes=0, proj_dim=16, small_images=True, min_sk_channels=4)
+    )
+
+
+def batch(rank: int, step: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(MICRO_BATCH, 3, 16, 16, generator=gen)
+
+
+def _config(stage: int) -> dict:
+    zero = {"stage": stage}
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0  # shard every parameter, small ones included
+    return {
+        "train_micro_batch_size_per_gpu": MICRO_BATCH,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 0.0,  # DeepSpeed >= 0.19.3 would clip at 1.0 by default
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def _run(stage: int, naive: bool) -> dict:
+    import deepspeed
+
+    from flashclr.core.lars import LARS, lars_param_groups
+    from flashclr.core.lars_zero import attach_zero_layout
+    from tests.references_lars import ReferenceLARS
+
+    model = build_model()
+    groups = lars_param_groups(model, WEIGHT_DECAY)
+    optimizer = ReferenceLARS(groups, lr=LR) if naive else LARS(groups, lr=LR)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_config(stage))
+    if not naive:
+        attach_zero_layout(engine)
+    rank = torch.distributed.get_rank()
+    for step in range(K_STEPS):
+        loss = engine(batch(rank, step))
+        engine.backward(loss)
+        engine.step()
+    params = list(engine.module.named_parameters())
+    with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=stage == 3):
+        weights = {name: p.detach().clone() for name, p in params}
+    engine.destroy()
+    return weights
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--stages", default="1,2,3")
+    parser.add_argument("--local_rank", type=int, default=-1)  # injected by the deepspeed launcher
+    args = parser.parse_args()
+
+    import deepspeed
+
+    torch.set_num_threads(1)
+    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    for stage in map(int, args.stages.split(",")):
+        for naive in (False, True):
+            weights = _run(stage, naive)
+            if torch.distributed.get_rank() == 0:
+                name = f"{'naive' if naive else 'lars'}_stage{stage}.pt"
+                torch.save(weights, os.path.join(args.out_dir, name))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
