@@ -275,6 +275,7 @@ def build_loader(
     if color_strength < 0:
         raise ValueError(f"color_strength must be >= 0, got {color_strength}")
     shard = _default_shards(shard_id, num_shards)
+    _device_id(device)  # fails now, before any work, on a device this machine lacks
     listing = list_source(source, on_bad_file)
     if label_subset is None:
         pairs = None
