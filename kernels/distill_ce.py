@@ -208,6 +208,36 @@ def _distill_ce_kernel(
                 tl.store(grad_ptr + cols, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+def _aot_spec(dtype: str, n_cols: int, has_hard: bool) -> dict:
+    """The config ``distill_ce_forward`` launches for (B, n_cols) ``dtype`` logits with a gradient."""
+    block, single, num_warps = _block_config(n_cols)
+    pointer = f"*{dtype}"
+    signature = {
+        "student_ptr": pointer,
+        "teacher_ptr": pointer,
+        "labels_ptr": "*i64",
+        "grad_ptr": "*fp32" if dtype == "fp16" else pointer,
+        "loss_ptr": "*fp32",
+        **dict.fromkeys(["student_row_stride", "teacher_row_stride", "grad_row_stride", "n_cols"], "i32"),
+        **dict.fromkeys(
+            ["inv_temperature", "soft_weight", "hard_weight", "grad_soft_scale", "grad_hard_scale"], "fp32"
+        ),
+        "ignore_index": "i32",
+        **dict.fromkeys(["HAS_SOFT", "HAS_HARD", "COMPUTE_GRAD", "SINGLE_BLOCK", "BLOCK_C"], "constexpr"),
+    }
+    constexprs = dict(HAS_SOFT=True, HAS_HARD=has_hard, COMPUTE_GRAD=True, SINGLE_BLOCK=single, BLOCK_C=block)
+    return dict(
+        name=f"distill_ce_C{n_cols}",
+        fn=_distill_ce_kernel,
+        signature=signature,
+        constexprs=constexprs,
+        num_warps=num_warps,
+        num_stages=1,
+        dtype=dtype,
+        expect_wgmma=False,  # no matrix product: a streaming reduction
+    )
+
+
 def _block_config(n_cols: int) -> tuple[int, bool, int]:
     """(BLOCK_C, SINGLE_BLOCK, num_warps) for rows of n_cols classes: 8 values per thread and
     tile (bf16 rows load in 16-byte vectors), fewer for rows under 256 classes."""
@@ -216,6 +246,16 @@ def _block_config(n_cols: int) -> tuple[int, bool, int]:
     else:
         block, single = _CHUNK, False
     return block, single, min(max(block // 256, 1), 16)
+
+
+# Checked by `python -m flashclr.kernels.aot` (sm_80, sm_90): per dtype, ImageNet-1k with pure
+# distillation (the stage-3 default), the largest single-block row with both terms (the most live
+# registers), and ImageNet-21k's chunked rows with both terms.
+AOT_SPECS = [
+    _aot_spec(dtype, n_cols, has_hard)
+    for dtype in ("fp32", "bf16", "fp16")
+    for n_cols, has_hard in ((1000, False), (4096, True), (21843, True))
+]
 
 
 def gradient_dtype(student_dtype: torch.dtype) -> torch.dtype:

@@ -94,6 +94,18 @@ def test_extreme_logits_low_temperature(backend_device):
         _check(student, teacher, 0.1, labels, alpha, backend)
 
 
+def test_fp16_gradient_survives_loss_scaling(backend_device):
+    """fp16 logits with a GradScaler-like grad_output: ∂L/∂s ~ 1/(B·C) lies below fp16's normal
+    range, so it must be scaled before it is rounded to fp16 (elementwise relative check)."""
+    backend, device = backend_device
+    student, teacher, _ = _inputs(4, 1000, torch.float16, device)
+    s = student.clone().requires_grad_()
+    (distill_ce(s, teacher, 4.0, backend=backend) * 2.0**16).backward()
+    s64 = student.double().requires_grad_()
+    (distill_ce_reference(s64, teacher, 4.0) * 2.0**16).backward()
+    torch.testing.assert_close(s.grad.double(), s64.grad, rtol=2e-3, atol=1e-6)
+
+
 def test_teacher_gets_no_gradient(backend_device):
     backend, device = backend_device
     student, teacher, labels = _inputs(4, 300, torch.float32, device)
@@ -132,9 +144,13 @@ def test_averaging_over_all_rows(backend_device):
     student, teacher, labels = _inputs(8, 50, torch.float32, device)
     labels[:3] = -100
     labels[3:] = torch.arange(5, device=device)
-    hard = torch.nn.functional.cross_entropy(student[3:], labels[3:], reduction="sum") / 8
-    got = distill_ce(student, teacher, labels=labels, alpha=0.0, backend=backend)
+    s_ref, s = student.clone().requires_grad_(), student.clone().requires_grad_()
+    hard = torch.nn.functional.cross_entropy(s_ref[3:], labels[3:], reduction="sum") / 8
+    got = distill_ce(s, teacher, labels=labels, alpha=0.0, backend=backend)
+    hard.backward()
+    got.backward()
     torch.testing.assert_close(got, hard)
+    torch.testing.assert_close(s.grad, s_ref.grad)
     halves = [distill_ce(student[i::2], teacher[i::2], 2.0, labels=labels[i::2], alpha=0.3) for i in (0, 1)]
     whole = distill_ce(student, teacher, 2.0, labels=labels, alpha=0.3, backend=backend)
     torch.testing.assert_close(whole, (halves[0] + halves[1]) / 2)
