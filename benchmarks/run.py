@@ -89,6 +89,110 @@ def _nvml_cell(reading: dict | None) -> str | None:
     )
 
 
+# --- components: the fused losses ----------------------------------------------------------------
+
+
+def _impl_kind(impl: str) -> str:
+    """fused / compiled / eager, from a component's implementation label."""
+    low = impl.lower()
+    if "flashclr" in low or "fused" in low or "ours" in low:
+        return "fused"
+    return "compiled" if "compile" in low else "eager"
+
+
+def _side_by_side(rows: list[dict], size_keys: tuple[str, ...], rename: dict[str, str]) -> list[dict]:
+    """Rows of (size, implementation) -> one row per size with every implementation beside the
+    fused one: ``<kind>_ms``, ``<kind>_mib``, ``vs_<kind>`` (its time / fused time) and
+    ``mem_vs_<kind>`` (its peak / fused peak)."""
+    by_size: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(r.get(k) for k in size_keys)
+        out = by_size.setdefault(key, {rename.get(k, k): r.get(k) for k in size_keys})
+        kind = _impl_kind(r["impl"])
+        out[f"{kind}_impl"] = r["impl"]
+        out[f"{kind}_ms"] = 1000 * r["time_s"]
+        peak = r.get("peak_bytes")
+        out[f"{kind}_mib"] = peak / 2**20 if peak else None
+        if kind == "fused":
+            out["fused_row"] = r
+    for out in by_size.values():
+        for kind in ("eager", "compiled"):
+            out[f"vs_{kind}"] = ratio(out.get(f"{kind}_ms"), out.get("fused_ms"))
+            out[f"mem_vs_{kind}"] = ratio(out.get(f"{kind}_mib"), out.get("fused_mib"))
+    return list(by_size.values())
+
+
+def _present(columns: list[tuple[str, str]], rows: list[dict]) -> list[tuple[str, str]]:
+    """The columns that at least one row has a figure for (never print an empty column)."""
+    return [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
+
+
+NT_XENT_SIZES = {
+    "quick": dict(two_n_list=(64, 256), d=32, repeat=1),
+    "cpu": dict(two_n_list=(4096, 8192, 16384), d=128, repeat=3, naive_max=16384),
+    "gpu": dict(two_n_list=(4096, 8192, 16384, 32768), d=128, repeat=10, naive_max=32768),
+}
+
+
+def run_nt_xent(ctx: Context) -> Table:
+    sizes = dict(NT_XENT_SIZES[ctx.mode])
+    notes = []
+    if ctx.device.type == "cuda":
+        from benchmarks.bench_losses_gpu import bench_nt_xent_gpu
+
+        rows = bench_nt_xent_gpu(device=ctx.device, nvml=ctx.nvml, **sizes)
+        notes.append("GPU: CUDA-event timing, peak = torch.cuda.max_memory_allocated (bench_losses_gpu.py).")
+    else:
+        from benchmarks.bench_nt_xent import bench_nt_xent
+
+        rows, reading = _sampled(ctx, bench_nt_xent, **_kwargs_for(bench_nt_xent, sizes))
+        notes.append("CPU: wall clock; peak = resident-set growth during the call (bench_nt_xent.py).")
+    out = _side_by_side(rows, ("two_n", "d", "dtype"), {"two_n": "n2"})
+    for r in out:
+        fused = r.pop("fused_row", None) or {}
+        flop = 6 * r["n2"] ** 2 * r["d"]
+        tflops = flop / (r["fused_ms"] / 1000) / 1e12 if r.get("fused_ms") else None
+        # TFLOP/s on a GPU, GFLOP/s on the CPU (where TFLOP/s would print as 1e-05).
+        if tflops and ctx.device.type == "cuda":
+            r["tflops"] = tflops
+        elif tflops:
+            r["gflops"] = 1000 * tflops
+        r["pct_peak"] = 100 * tflops / ctx.peaks.matmul_tflops if tflops else None
+        r["dtype"] = r.get("dtype") or "float32"
+        r["nvml"] = _nvml_cell(fused.get("nvml"))
+    columns = [
+        ("n2", "2N"),
+        ("d", "D"),
+        ("dtype", "dtype"),
+        ("fused_ms", "fused ms"),
+        ("eager_ms", "eager ms"),
+        ("compiled_ms", "compiled ms"),
+        ("vs_eager", "eager/fused time"),
+        ("vs_compiled", "compiled/fused time"),
+        ("fused_mib", "fused MiB"),
+        ("eager_mib", "eager MiB"),
+        ("compiled_mib", "compiled MiB"),
+        ("mem_vs_eager", "eager/fused mem"),
+        ("tflops", "fused TFLOP/s"),
+        ("gflops", "fused GFLOP/s"),
+        ("pct_peak", f"% of {ctx.peaks.matmul_dtype} matmul peak"),
+        ("nvml", "NVML util/mem/power/clock (fused)"),
+    ]
+    notes.append(
+        "forward + backward; FLOP counted as 6·(2N)²·D; eager and compiled are tests/references.py's "
+        "naive nt_xent_reference (writes the (2N)² matrix) in the inputs' dtype; '-' = not run "
+        "(the reference above its size limit) or not measured."
+    )
+    return Table(
+        "nt_xent",
+        "NT-Xent loss: fused against the naive reference (eager and torch.compile)",
+        _present(columns, out),
+        out,
+        notes,
+        reference=["eager_ms", "vs_eager"],
+    )
+
+
 # --- component: data pipeline -----------------------------------------------------------------
 
 
@@ -194,6 +298,7 @@ def run_train_step(ctx: Context) -> Table:
 
 COMPONENTS: dict[str, tuple[str, Callable[[Context], Table], str]] = {
     # name: (module under benchmarks/, adapter, who provides it)
+    "nt_xent": ("bench_nt_xent", run_nt_xent, "issue 3"),
     "dataio": ("bench_dataio", run_dataio, "issue 6"),
     "train_step": ("bench_train_step", run_train_step, "issue 9"),
 }
