@@ -29,7 +29,7 @@ def _series(rows: list[dict], x_key: str, group_key: str, suffix: str) -> dict[s
     for r in rows:
         for impl in IMPLS:
             y = r.get(f"{impl}{suffix}")
-            if y is None or r.get(x_key) is None:
+            if y is None or y <= 0 or r.get(x_key) is None:  # log axes: a 0 (below resolution) is left out
                 continue
             label = impl if len(groups) == 1 else f"{impl}, {group_key.upper()}={r.get(group_key)}"
             out[label].append((r[x_key], y))

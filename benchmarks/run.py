@@ -112,7 +112,7 @@ def _side_by_side(rows: list[dict], size_keys: tuple[str, ...], rename: dict[str
         out[f"{kind}_impl"] = r["impl"]
         out[f"{kind}_ms"] = 1000 * r["time_s"]
         peak = r.get("peak_bytes")
-        out[f"{kind}_mib"] = peak / 2**20 if peak else None
+        out[f"{kind}_mib"] = peak / 2**20 if peak is not None else None
         if kind == "fused":
             out["fused_row"] = r
     for out in by_size.values():
@@ -138,10 +138,10 @@ def run_nt_xent(ctx: Context) -> Table:
     sizes = dict(NT_XENT_SIZES[ctx.mode])
     notes = []
     if ctx.device.type == "cuda":
-        from benchmarks.bench_losses_gpu import bench_nt_xent_gpu
+        from benchmarks.bench_nt_xent_gpu import bench_nt_xent_gpu
 
         rows = bench_nt_xent_gpu(device=ctx.device, nvml=ctx.nvml, **sizes)
-        notes.append("GPU: CUDA-event timing, peak = torch.cuda.max_memory_allocated (bench_losses_gpu.py).")
+        notes.append("GPU: CUDA-event timing, peak = torch.cuda.max_memory_allocated (bench_nt_xent_gpu.py).")
     else:
         from benchmarks.bench_nt_xent import bench_nt_xent
 
@@ -186,6 +186,64 @@ def run_nt_xent(ctx: Context) -> Table:
     return Table(
         "nt_xent",
         "NT-Xent loss: fused against the naive reference (eager and torch.compile)",
+        _present(columns, out),
+        out,
+        notes,
+        reference=["eager_ms", "vs_eager"],
+    )
+
+
+DISTILL_SIZES = {  # (batches, classes) pairs; the batch sweep at 1000 classes feeds the plot
+    "quick": dict(pairs=((16, 10), (64, 10), (64, 100)), dtype="fp32", repeat=1),
+    "cpu": dict(pairs=((1024, 1000), (4096, 1000), (4096, 21843)), dtype="fp32", repeat=3),
+    "gpu": dict(pairs=((1024, 1000), (4096, 1000), (16384, 1000), (4096, 21843)), dtype="bf16", repeat=10),
+}
+
+
+def run_distill_ce(ctx: Context) -> Table:
+    from benchmarks.bench_distill_ce import bench_distill_ce
+
+    sizes = DISTILL_SIZES[ctx.mode]
+    rows = []
+    for b, c in sizes["pairs"]:
+        got, reading = _sampled(
+            ctx, bench_distill_ce, b, (c,), dtype=sizes["dtype"], device=ctx.device, repeat=sizes["repeat"]
+        )
+        for r in got:
+            r["time_s"] = r["fwd_bwd_s"]
+            r["nvml"] = reading
+        rows += got
+    out = _side_by_side(rows, ("batch", "classes", "dtype"), {"batch": "b", "classes": "c"})
+    for r in out:
+        fused = r.pop("fused_row", None) or {}
+        r["fused_forward_ms"] = 1000 * fused["forward_s"] if "forward_s" in fused else None
+        r["gbps"] = fused.get("gbps")
+        r["pct_copy"] = 100 * r["gbps"] / ctx.peaks.copy_gbps if r["gbps"] else None
+        r["nvml"] = _nvml_cell(fused.get("nvml"))
+    columns = [
+        ("b", "B"),
+        ("c", "C"),
+        ("dtype", "dtype"),
+        ("fused_ms", "fused ms"),
+        ("eager_ms", "eager ms"),
+        ("vs_eager", "eager/fused time"),
+        ("fused_forward_ms", "fused fwd-only ms"),
+        ("fused_mib", "fused MiB"),
+        ("eager_mib", "eager MiB"),
+        ("mem_vs_eager", "eager/fused mem"),
+        ("gbps", "fused GB/s"),
+        ("pct_copy", "% of copy bandwidth"),
+        ("nvml", "NVML util/mem/power/clock (run of both)"),
+    ]
+    notes = [
+        "forward + backward (ms columns); eager = tests/references.py distill_ce_reference "
+        "(log_softmax + softmax + sum) in the logits' dtype; τ = 1, α = 1; peak memory above the inputs "
+        "(CPU: peak resident-set growth; GPU: max_memory_allocated); GB/s counts reading both logits "
+        "and writing the gradient (bench_distill_ce.py).",
+    ]
+    return Table(
+        "distill_ce",
+        "Distillation cross-entropy: fused against eager torch",
         _present(columns, out),
         out,
         notes,
@@ -299,6 +357,7 @@ def run_train_step(ctx: Context) -> Table:
 COMPONENTS: dict[str, tuple[str, Callable[[Context], Table], str]] = {
     # name: (module under benchmarks/, adapter, who provides it)
     "nt_xent": ("bench_nt_xent", run_nt_xent, "issue 3"),
+    "distill_ce": ("bench_distill_ce", run_distill_ce, "issue 4"),
     "dataio": ("bench_dataio", run_dataio, "issue 6"),
     "train_step": ("bench_train_step", run_train_step, "issue 9"),
 }

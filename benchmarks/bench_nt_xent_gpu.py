@@ -1,19 +1,14 @@
-"""The fused losses on a GPU against their references: time, peak memory, FLOP and byte rates.
+"""NT-Xent on a GPU: the fused Triton loss against the naive reference, eager and torch.compile'd.
 
-The component benchmarks ``bench_nt_xent.py`` and ``bench_distill_ce.py`` measure the CPU paths
-(wall clock, resident memory). On a CUDA device ``run.py --gpu`` (and so ``gpu_check.sh``) uses
-this module instead, which times with CUDA events and reads ``torch.cuda.max_memory_allocated``:
+``bench_nt_xent.py`` measures the CPU path (wall clock, resident memory). On a CUDA device
+``run.py`` (and so ``gpu_check.sh``) uses this module instead: CUDA-event timing and
+``torch.cuda.max_memory_allocated``, forward + backward of ``flashclr.kernels.nt_xent`` (Triton)
+and of ``tests.references.nt_xent_reference`` eager and ``torch.compile``d, in the inputs' dtype
+(bf16 by default). FLOP counted as 6·(2N)²·D (forward 2·(2N)²·D, backward twice that); the count
+is fixed, so a kernel that exploits the symmetry of S shows as a higher rate, not as fewer FLOP.
 
-- NT-Xent: ``flashclr.kernels.nt_xent`` (Triton) against ``tests.references.nt_xent_reference``
-  eager and ``torch.compile``d, forward + backward, in the inputs' dtype (bf16 by default).
-  FLOP counted as 6·(2N)²·D (forward 2·(2N)²·D, backward twice that); the count is fixed, so a
-  kernel that exploits the symmetry of S shows as a higher rate, not as fewer FLOP.
-- Distillation CE: ``flashclr.kernels.distill_ce`` against ``distill_ce_reference`` eager, forward +
-  backward. Bytes counted as the fused kernel's minimum traffic: read the student and teacher logits
-  and write the student's gradient, 3·B·C elements.
-
-Rows use the same keys as the CPU benchmarks (``impl``, ``time_s``, ``peak_bytes``, ``speedup`` =
-reference time / ours, ``memory_ratio`` = reference peak / ours) plus ``tflops`` or ``gbps``.
+Rows use the CPU benchmark's keys (``impl``, ``time_s``, ``peak_bytes``, ``speedup`` = reference
+time / ours, ``memory_ratio`` = reference peak / ours) plus ``tflops`` and ``nvml``.
 """
 
 from __future__ import annotations
@@ -101,47 +96,8 @@ def bench_nt_xent_gpu(
     return rows
 
 
-def bench_distill_ce_gpu(
-    shapes=((1024, 1000), (4096, 1000), (16384, 1000), (4096, 21843)),
-    *,
-    dtype: torch.dtype = torch.bfloat16,
-    temperature: float = 2.0,
-    repeat: int = 10,
-    device: torch.device | str = "cuda",
-    nvml=None,
-) -> list[dict]:
-    """One dict per ((B, C), implementation): fused and the eager reference (``nvml`` as above)."""
-    from flashclr.kernels.distill_ce import distill_ce
-    from tests.references import distill_ce_reference
-
-    device = torch.device(device)
-    impls = {
-        "flashclr (triton)": lambda s, t: distill_ce(s, t, temperature),
-        "eager (log_softmax + softmax)": lambda s, t: distill_ce_reference(s, t, temperature, dtype=s.dtype),
-    }
-    rows = []
-    for b, c in shapes:
-        student = torch.randn(b, c, device=device, dtype=dtype, requires_grad=True)
-        teacher = torch.randn(b, c, device=device, dtype=dtype)
-        size_rows = []
-        for name, loss in impls.items():
-
-            def step(loss=loss, student=student, teacher=teacher):
-                student.grad = None
-                loss(student, teacher).backward()
-
-            t, peak, reading = _measure(step, device, repeat, nvml)
-            moved = 3 * b * c * student.element_size()
-            size_rows.append(
-                dict(b=b, c=c, dtype=str(dtype).replace("torch.", ""), impl=name, time_s=t, peak_bytes=peak,
-                     bytes_moved=moved, gbps=moved / t / 1e9, nvml=reading)
-            )  # fmt: skip
-        rows += _relative(size_rows)
-    return rows
-
-
 if __name__ == "__main__":
     if not torch.cuda.is_available():
-        raise SystemExit("needs a CUDA device; on the CPU use bench_nt_xent.py and bench_distill_ce.py")
-    for r in bench_nt_xent_gpu() + bench_distill_ce_gpu():
+        raise SystemExit("needs a CUDA device; on the CPU use benchmarks/bench_nt_xent.py")
+    for r in bench_nt_xent_gpu():
         print(r)
