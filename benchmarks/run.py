@@ -254,21 +254,30 @@ def run_distill_ce(ctx: Context) -> Table:
 # --- component: data pipeline -----------------------------------------------------------------
 
 
+DATAIO_SIZES = {
+    "quick": dict(n_images=16, batch=8, size=32, workers=1, epochs=1),
+    "cpu": dict(n_images=400, batch=32, size=224, workers=2, epochs=2),
+    "gpu": dict(n_images=2048, batch=256, size=224, workers=min(16, os.cpu_count() or 2), epochs=2),
+}
+
+
 def run_dataio(ctx: Context) -> Table:
     from benchmarks.bench_dataio import bench_dataio
 
-    sizes = {
-        "quick": dict(n_images=16, batch=8, size=32, workers=1, epochs=1),
-        "cpu": dict(n_images=400, batch=32, size=224, workers=2, epochs=2),
-        "gpu": dict(n_images=2048, batch=256, size=224, workers=min(16, os.cpu_count() or 2), epochs=2),
-    }[ctx.mode]
-    sizes["device"] = str(ctx.device)
+    sizes = dict(DATAIO_SIZES[ctx.mode], device=str(ctx.device))
     kwargs = _kwargs_for(bench_dataio, sizes)
+    rows, reading = _sampled(ctx, bench_dataio, **kwargs)
+    for r in rows:
+        r["nvml"] = reading
+    ref = next(r for r in rows if "reference" in r["loader"].lower() or "pil" in r["loader"].lower())
     notes = []
     if ctx.device.type == "cuda" and "device" not in kwargs:
-        notes.append("bench_dataio takes no device: both loaders ran on the CPU (DALI CPU-only).")
-    rows, reading = _sampled(ctx, bench_dataio, **kwargs)
-    ref = next(r for r in rows if "reference" in r["loader"].lower() or "pil" in r["loader"].lower())
+        # bench_dataio measures the CPU-only pipeline; the GPU one is measured here, same JPEGs.
+        gpu_row, gpu_reading = _sampled(ctx, _gpu_loader_rate, ctx.device, sizes)
+        rows.append({**gpu_row, "nvml": gpu_reading})
+        notes.append(
+            "The nvJPEG + GPU row is measured by run.py (_gpu_loader_rate) over the same kind of JPEGs."
+        )
     out = []
     for r in rows:
         if r is ref:
@@ -284,7 +293,7 @@ def run_dataio(ctx: Context) -> Table:
                 "batch": r.get("batch"),
                 "size": r.get("size"),
                 "workers": r.get("workers"),
-                "nvml": _nvml_cell(reading),
+                "nvml": _nvml_cell(r["nvml"]),
             }
         )
     columns = [
@@ -305,6 +314,42 @@ def run_dataio(ctx: Context) -> Table:
     )
     title = "Data pipeline: pretraining loader, two views per image"
     return Table("dataio", title, columns, out, notes, reference=["reference_images_per_s", "ratio"])
+
+
+def _gpu_loader_rate(device, sizes: dict) -> dict:
+    """Images per second (two views each) of the pretraining loader decoding with nvJPEG on
+    ``device``: one warm-up epoch, then ``epochs`` timed epochs over JPEGs written here."""
+    import tempfile
+
+    from benchmarks.bench_dataio import write_jpegs
+    from flashclr.dataio import build_loader
+
+    with tempfile.TemporaryDirectory(prefix="flashclr-gpu-loader-") as root:
+        write_jpegs(root, sizes["n_images"])
+        loader = build_loader(
+            "pretrain",
+            root,
+            batch_size=sizes["batch"],
+            image_size=sizes["size"],
+            device=device,
+            num_threads=sizes["workers"],
+        )
+        for _ in loader:  # warm-up: pipeline build, nvJPEG handles
+            pass
+        torch.cuda.synchronize(device)
+        t0, n = time.perf_counter(), 0
+        for _ in range(sizes["epochs"]):
+            for _ in loader:
+                n += sizes["batch"]
+        torch.cuda.synchronize(device)
+        ips = n / (time.perf_counter() - t0)
+    return {
+        "loader": "flashclr.dataio DALI GPU (nvJPEG)",
+        "images_per_s": ips,
+        "device": "cuda",
+        **{k: sizes[k] for k in ("batch", "size", "workers")},
+        "images": sizes["n_images"],
+    }
 
 
 # --- component: training step ------------------------------------------------------------------
@@ -350,6 +395,48 @@ def run_train_step(ctx: Context) -> Table:
     table = bts.table(rows, ctx.peaks.line())
     table.notes += notes
     return table
+
+
+# --- the issues' GPU targets --------------------------------------------------------------------
+
+# (target, table, row filter, column, minimum, unit): the figures gpu_check.sh must reach on one H200.
+TARGETS = (
+    ("NT-Xent fused ≥ 75% of the measured bf16 matmul peak (2N ≥ 16384, D = 128)", "nt_xent",
+     lambda r: r["n2"] >= 16384 and r["d"] == 128, "pct_peak", 75.0, "%"),
+    ("NT-Xent fused ≥ 5× the eager reference (2N ≥ 16384, D = 128)", "nt_xent",
+     lambda r: r["n2"] >= 16384 and r["d"] == 128, "vs_eager", 5.0, "×"),
+    ("distillation CE ≥ 85% of the measured copy bandwidth (B = 4096)", "distill_ce",
+     lambda r: r["b"] == 4096, "pct_copy", 85.0, "%"),
+    ("distillation CE ≥ 2× eager torch (B = 4096)", "distill_ce",
+     lambda r: r["b"] == 4096, "vs_eager", 2.0, "×"),
+    ("r50_1x_sk0 pretraining ≥ 2,500 images/s (batch 256, bf16, channels_last, fused loss)", "train_step",
+     lambda r: r["stage"] == "pretrain" and r["loss"] == "fused" and r["model"] == "r50_1x_sk0"
+     and r["batch"] == 256 and r["precision"] == "bf16" and r["channels_last"],
+     "images_per_s", 2500.0, " img/s"),
+    ("DALI nvJPEG + GPU pretraining loader ≥ 5,000 images/s (two 224-px views)", "dataio",
+     lambda r: "GPU" in r["loader"] and r.get("size") == 224, "images_per_s", 5000.0, " img/s"),
+)  # fmt: skip
+
+
+def targets_table(tables: list[dict]) -> Table:
+    """Each target beside the figures measured for it; ``met`` is None where nothing was measured."""
+    rows_of = {t["name"]: t["rows"] for t in tables}
+    out = []
+    for target, table, keep, column, minimum, unit in TARGETS:
+        values = [(r, r.get(column)) for r in rows_of.get(table, []) if keep(r) and r.get(column) is not None]
+        measured = "; ".join(f"{v:,.3g}{unit}" + _where(table, r) for r, v in values) or "not measured"
+        met = all(v >= minimum for _, v in values) if values else None
+        out.append({"target": target, "measured": measured, "met": met})
+    columns = [("target", "target"), ("measured", "measured in this run"), ("met", "met")]
+    return Table("targets", "Targets of the issues on one GPU", columns, out, [], reference=["measured"])
+
+
+def _where(table: str, row: dict) -> str:
+    if table == "nt_xent":
+        return f" at 2N={row['n2']}"
+    if table == "distill_ce":
+        return f" at C={row['c']}"
+    return ""
 
 
 # --- the runner --------------------------------------------------------------------------------
@@ -440,6 +527,10 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n" + table.text() + "\n", flush=True)
         result["tables"].append(table.as_dict())
 
+    if mode == "gpu":
+        table = targets_table(result["tables"])
+        print("\n" + table.text() + "\n", flush=True)
+        result["tables"].append(table.as_dict())
     info["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     _write(folder, result)
     if args.plot:
