@@ -46,6 +46,7 @@ from tqdm import tqdm
 from flashclr.core import checkpoint
 from flashclr.core.config import ConfigError, TrainConfig, deepspeed_config, parse_args, validate
 from flashclr.core.lars import LARS, lars_param_groups
+from flashclr.core.lars_zero import attach_zero_layout
 from flashclr.core.metrics import MetricsLog, plot_metrics
 from flashclr.core.schedule import base_learning_rate, learning_rate
 from flashclr.core.stages import (
@@ -238,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     base_lr = cfg.lr or base_learning_rate(rule, coef, cfg.batch_size)
     optimizer = build_optimizer(cfg, built.objective, base_lr)
     engine, *_ = deepspeed.initialize(model=built.objective, optimizer=optimizer, config=ds_config)
+    if isinstance(optimizer, LARS):
+        attach_zero_layout(engine)  # per-parameter trust ratios over ZeRO's flat partitions
     ckpt_dir = os.path.join(cfg.out, "checkpoints")
     step = resume(cfg, engine, ckpt_dir) if cfg.resume else 0
     log = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=rank == 0)
@@ -291,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
             results.update(evaluate(cfg, built.model, device, dtype, world))
         checkpoint.export(built.model, cfg.out, results)
     if rank == 0:
-        log.write({"step": step, **{k: v for k, v in results.items() if k.startswith("val_")}})
+        if built.num_classes:
+            log.write({"step": step, "val_top1": results["val_top1"]})
         with open(os.path.join(cfg.out, "eval.json"), "w", encoding="utf-8") as f:
             json.dump(results, f)
         title = f"{cfg.stage} {cfg.model} ({world} ranks)"

@@ -119,21 +119,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     return TrainConfig(**{k: v for k, v in args.items() if k in names}), args.get("deepspeed_config")
 
 
-def check_optimizer_supports_zero(optimizer: str, zero_stage: int) -> None:
-    """Refuse optimizers that would train wrongly under this ZeRO stage.
-
-    LARS needs the norm of each parameter; ZeRO stages 1-3 hand the optimizer flattened partitions
-    that cut parameters apart, so its trust ratios would be wrong. Until LARS computes them across
-    partitions (issue 8), that combination is refused.
-    """
-    if optimizer == "lars" and zero_stage >= 1:
-        raise ConfigError(
-            f"--optimizer lars cannot run with ZeRO stage {zero_stage}: LARS needs whole-parameter norms "
-            "and ZeRO stages 1-3 partition flattened parameters. Use configs/ds_zero0.json "
-            "(or --zero-stage 0), or --optimizer sgd/adamw with ZeRO."
-        )
-
-
 # ---- run directories --------------------------------------------------------------------------
 
 EXPORT_WEIGHTS = "model.safetensors"
@@ -226,7 +211,6 @@ def validate(cfg: TrainConfig, world_size: int, zero_stage: int) -> TrainConfig:
         raise ConfigError("--memory-size applies to --stage pretrain only")
     if not 0 <= cfg.ft_proj_selector <= cfg.proj_layers:
         raise ConfigError(f"--ft-proj-selector must be in [0, --proj-layers={cfg.proj_layers}]")
-    check_optimizer_supports_zero(cfg.stage_default("optimizer"), zero_stage)
 
     ckpt_marker = os.path.join(cfg.out, "checkpoints", "latest.json")
     if cfg.resume and not os.path.isfile(ckpt_marker):

@@ -6,6 +6,10 @@ partitions. Both are compared with the single-process unsharded reference: the f
 within fp32 rounding, the second must not (so the test catches a regression to the naive way).
 """
 
+import json
+import math
+import os
+
 import pytest
 import torch
 
@@ -37,14 +41,17 @@ def _unsharded_reference(optimizer_cls) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def zero_runs(tmp_path_factory):
+    from flashclr.dataio.digits import write_digits
+
     out = tmp_path_factory.mktemp("lars_zero")
-    proc = run_deepspeed(
-        "tests/scripts/lars_zero.py",
-        ["--out-dir", str(out), "--stages", ",".join(map(str, STAGES))],
-        num_gpus=2,
-    )
+    write_digits(str(out / "digits"))
+    args = ["--out-dir", str(out), "--stages", ",".join(map(str, STAGES))]
+    args += ["--train", str(out / "digits"), str(out / "train")]
+    proc = run_deepspeed("tests/scripts/lars_zero.py", args, num_gpus=2, timeout_s=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return {path.stem: torch.load(path) for path in out.glob("*.pt")}
+    runs = {path.stem: torch.load(path) for path in out.glob("*.pt")}
+    runs["train"] = str(out / "train")
+    return runs
 
 
 def _max_rel_diff(got: dict, want: dict) -> float:
@@ -79,3 +86,16 @@ def test_naive_lars_over_flat_partitions_differs(zero_runs, unsharded, stage):
     naive = _max_rel_diff(zero_runs[f"naive_stage{stage}"], want)
     # Seen here: exact ~5e-5 (fp32 rounding over 5 steps), naive ~1.
     assert naive > 1e-2 and naive > 100 * exact, (naive, exact)
+
+
+@pytest.mark.slow
+def test_train_py_pretrains_with_lars_on_zero2(zero_runs):
+    run = zero_runs["train"]
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    assert config["deepspeed"]["zero_optimization"]["stage"] == 2
+    assert config["optimizer"] in (None, "lars")
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) >= 3 and all(math.isfinite(x) for x in losses), rows

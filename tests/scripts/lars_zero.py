@@ -1,7 +1,8 @@
 """Launched by tests/test_lars_zero.py through `deepspeed --num_gpus 2`: K LARS steps on a small
 SK-ResNet under real DeepSpeed engines with ZeRO stages 1, 2 and 3, once with flashclr's LARS and
 its ZeRO layout and once with the naive per-tensor reference LARS over DeepSpeed's flat partitions.
-Rank 0 writes the final weights of each run to OUT_DIR/{lars,naive}_stage{s}.pt.
+Rank 0 writes the final weights of each run to OUT_DIR/{lars,naive}_stage{s}.pt. With
+``--train DATA OUT`` it then runs train.py's pretraining (LARS, configs/ds_zero2.json) for 3 steps.
 
 The test imports `build_model`, `batch` and the constants from here to compute the unsharded
 single-process reference with the same initial weights and data.
@@ -13,6 +14,7 @@ import os
 import torch
 from torch import nn
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K_STEPS, LR, WEIGHT_DECAY, MICRO_BATCH, WORLD = 5, 0.5, 1e-2, 4, 2
 
 
@@ -84,6 +86,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--stages", default="1,2,3")
+    parser.add_argument("--train", nargs=2, metavar=("DATA", "OUT"), help="also run train.py on ZeRO 2")
     parser.add_argument("--local_rank", type=int, default=-1)  # injected by the deepspeed launcher
     args = parser.parse_args()
 
@@ -97,6 +100,20 @@ def main():
             if torch.distributed.get_rank() == 0:
                 name = f"{'naive' if naive else 'lars'}_stage{stage}.pt"
                 torch.save(weights, os.path.join(args.out_dir, name))
+    if args.train:
+        import train
+
+        data, out = args.train
+        train.main(
+            ["--stage", "pretrain", "--data", data, "--out", out, "--batch-size", "8", "--max-steps", "3"]
+            + ["--model", "r18_0.25x_sk1", "--small-images", "--image-size", "16", "--no-progress"]
+            + [
+                "--optimizer",
+                "lars",
+                "--deepspeed_config",
+                os.path.join(REPO_ROOT, "configs", "ds_zero2.json"),
+            ]
+        )
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
