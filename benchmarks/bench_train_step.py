@@ -13,7 +13,8 @@ or a pre-made batch with ``data="synthetic"``); ``teacher`` the teacher's forwar
 ``forward`` the student/encoder forward; ``loss`` the loss forward and its backward to the model
 outputs (``torch.autograd.grad``), so that ``backward`` is the model's backward alone; ``optimizer``
 LARS and ``zero_grad``. On a GPU each boundary is a CUDA event on the compute stream; on the CPU a
-wall clock.
+wall clock. The two losses take turns step by step on the same model (each with its own LARS), so
+a change of load hits both alike; each figure is the median over the timed steps.
 
 Model FLOP utilisation (MFU): the FLOPs of one training step are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy of the model (forward and
@@ -160,61 +161,83 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def run_step_variant(
-    stage, loss_name, loss_fn, model, teacher, opt, batches, device, precision, warmup, steps, nvml
-) -> dict:
-    """Time ``warmup`` + ``steps`` training steps with one loss; returns mean seconds per phase."""
-    per_phase: dict[str, list[float]] = {p: [] for p in PHASES[stage]}
-    peak = 0
+def train_step(stage, loss_fn, model, teacher, opt, inputs, device, precision) -> tuple[list[float], float]:
+    """One training step on ``inputs``; returns the seconds of each phase after ``data`` (teacher,
+    forward, loss, backward, optimizer) and the loss value."""
+    watch = Stopwatch(device)
+    watch.mark()
+    if stage == "pretrain":
+        x = torch.cat(inputs)  # (2B, 3, S, S): both views in one pass
+        with _autocast(device, precision):
+            out = model.projections(x)  # (2B, proj_dim)
+        watch.mark()
+        z1, z2 = out.chunk(2)
+        loss = loss_fn(z1, z2)
+    else:
+        (x,) = inputs
+        with torch.no_grad(), _autocast(device, precision):
+            t_logits = teacher.logits(x)  # (B, C)
+        watch.mark()
+        with _autocast(device, precision):
+            out = model.logits(x)  # (B, C)
+        watch.mark()
+        loss = loss_fn(out, t_logits)
+    # The loss's own backward stops at the model outputs, so that `backward` is the model's alone.
+    (grad,) = torch.autograd.grad(loss, out)
+    watch.mark()
+    out.backward(grad)
+    watch.mark()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    watch.mark()
+    return watch.laps(), float(loss.detach())
+
+
+def measure_losses(stage, loss_fns, model, teacher, batch, batches, device, precision, warmup, steps, nvml):
+    """Time ``warmup`` + ``steps`` steps per loss, the losses taking turns step by step (so that a
+    change of load on a shared machine hits them alike). One LARS per loss, same model.
+
+    Returns per loss the median seconds of each phase, their sum ``step_s``, the CUDA peak memory
+    and the NVML readings over the whole run (shared by the losses, which alternate).
+    """
+    from flashclr.core.lars import LARS, lars_param_groups
+
+    # SimCLR's LARS: lr = 0.075·sqrt(batch), weight decay 1e-6 (design.md).
+    opts = {
+        n: LARS(lars_param_groups(model, weight_decay=1e-6), lr=0.075 * math.sqrt(batch)) for n in loss_fns
+    }
+    laps: dict[str, dict[str, list[float]]] = {n: {p: [] for p in PHASES[stage]} for n in loss_fns}
+    peak = dict.fromkeys(loss_fns, 0)
     model.train()
     with nvml.sample() as reading:
         for i in range(warmup + steps):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            watch = Stopwatch(device)
-            watch.mark()
-            inputs = batches.next()
-            watch.mark()
-            if stage == "pretrain":
-                x = torch.cat(inputs)  # (2B, 3, S, S): both views in one pass
-                with _autocast(device, precision):
-                    z = model.projections(x)  # (2B, proj_dim)
-                watch.mark()
-                z1, z2 = z.chunk(2)
-                loss = loss_fn(z1, z2)
-                (grad,) = torch.autograd.grad(loss, z)
-                out = z
-            else:
-                (x,) = inputs
-                with torch.no_grad(), _autocast(device, precision):
-                    t_logits = teacher.logits(x)  # (B, C)
-                watch.mark()
-                with _autocast(device, precision):
-                    s_logits = model.logits(x)  # (B, C)
-                watch.mark()
-                loss = loss_fn(s_logits, t_logits)
-                (grad,) = torch.autograd.grad(loss, s_logits)
-                out = s_logits
-            watch.mark()
-            out.backward(grad)
-            watch.mark()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            watch.mark()
-            laps = watch.laps()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"{stage} step {i} with the {loss_name} loss: loss is {value}")
-            if i >= warmup:
-                for phase, lap in zip(PHASES[stage], laps, strict=True):
-                    per_phase[phase].append(lap)
+            for name, loss_fn in loss_fns.items():
                 if device.type == "cuda":
-                    peak = max(peak, torch.cuda.max_memory_allocated(device))
-    result = {f"{p}_s": statistics.mean(v) for p, v in per_phase.items()}
-    result["step_s"] = sum(result[f"{p}_s"] for p in PHASES[stage])
-    result["peak_gib"] = peak / 2**30 if device.type == "cuda" else None
-    result["nvml"] = reading[0].as_dict() if reading[0] is not None else None
-    return result
+                    torch.cuda.reset_peak_memory_stats(device)
+                watch = Stopwatch(device)
+                watch.mark()
+                inputs = batches.next()
+                watch.mark()
+                (data_s,) = watch.laps()
+                rest, value = train_step(
+                    stage, loss_fn, model, teacher, opts[name], inputs, device, precision
+                )
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"{stage} step {i} with the {name} loss: loss is {value}")
+                if i < warmup:
+                    continue
+                for phase, lap in zip(PHASES[stage], [data_s, *rest], strict=True):
+                    laps[name][phase].append(lap)
+                if device.type == "cuda":
+                    peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device))
+    results = {}
+    for name in loss_fns:
+        r = {f"{p}_s": statistics.median(v) for p, v in laps[name].items()}
+        r["step_s"] = sum(r[f"{p}_s"] for p in PHASES[stage])
+        r["peak_gib"] = peak[name] / 2**30 if device.type == "cuda" else None
+        r["nvml"] = reading[0].as_dict() if reading[0] is not None else None
+        results[name] = r
+    return results
 
 
 def bench_train_step(
@@ -248,10 +271,9 @@ def bench_train_step(
         teacher: distillation teacher name (default: the student's, i.e. self-distillation).
         peak_tflops: matmul peak for MFU (from benchmarks.peaks); MFU is left out without it.
 
-    Returns: per loss, ``images_per_s``, ``views_per_s``, ``<phase>_s`` means, ``step_s``,
+    Returns: per loss, ``images_per_s``, ``views_per_s``, ``<phase>_s`` medians, ``step_s``,
     ``step_gflop_per_image``, ``encoder_gflop_per_image``, ``mfu_pct``, ``peak_gib`` (CUDA), ``nvml``.
     """
-    from flashclr.core.lars import LARS, lars_param_groups
     from flashclr.core.models import build_model
 
     if stage not in STAGES:
@@ -291,14 +313,12 @@ def bench_train_step(
         data_dir = tmp.name
     try:
         batches = _Batches(stage, batch, image_size, device, channels_last, data, data_dir, 1000)
-        fns = dict(zip(LOSSES, _loss_fns(stage), strict=True))
+        fns = {n: f for n, f in zip(LOSSES, _loss_fns(stage), strict=True) if n in losses}
+        measured = measure_losses(
+            stage, fns, net, big, batch, batches, device, precision, warmup, steps, nvml
+        )
         rows = []
-        for name in losses:
-            # SimCLR's LARS: lr = 0.075·sqrt(batch), weight decay 1e-6 (design.md).
-            opt = LARS(lars_param_groups(net, weight_decay=1e-6), lr=0.075 * math.sqrt(batch))
-            r = run_step_variant(
-                stage, name, fns[name], net, big, opt, batches, device, precision, warmup, steps, nvml
-            )
+        for name, r in measured.items():
             views = 2 if stage == "pretrain" else 1
             r.update(
                 stage=stage,
