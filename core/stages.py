@@ -17,6 +17,7 @@ equal to a single process on the whole batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from torch import nn
 from flashclr.kernels.distill_ce import distill_ce
 from flashclr.kernels.nt_xent import nt_xent
 
+from . import resnet
 from .checkpoint import build_from_meta, read_weights
 from .config import ConfigError, TrainConfig, read_export_meta
 from .memory_bank import MomentumMemory
@@ -209,6 +211,24 @@ def teacher_ds_config(student_config: dict) -> dict:
     return cfg
 
 
+@contextlib.contextmanager
+def _no_init_of_partitioned_convs():
+    """``resnet.conv_init_`` reads ``weight.shape``, which is empty once ``zero.Init`` has partitioned
+    the weight (its shape is in ``ds_shape``). The teacher's weights come from its checkpoint
+    anyway, so their random initialisation is skipped while the teacher is built."""
+    original = resnet.conv_init_
+
+    def init_unless_partitioned(weight: torch.Tensor) -> None:
+        if not hasattr(weight, "ds_shape"):
+            original(weight)
+
+    resnet.conv_init_ = init_unless_partitioned
+    try:
+        yield
+    finally:
+        resnet.conv_init_ = original
+
+
 def build_teacher(run_dir: str, ds_config: dict, device: torch.device):
     """The fine-tuned model of ``run_dir`` as a frozen DeepSpeed ZeRO-3 engine (eval mode).
 
@@ -221,7 +241,7 @@ def build_teacher(run_dir: str, ds_config: dict, device: torch.device):
     import deepspeed
 
     meta = read_export_meta(run_dir, "--teacher")
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, remote_device=None):
+    with _no_init_of_partitioned_convs(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         teacher = build_from_meta(meta)
     from safetensors import safe_open
 

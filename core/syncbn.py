@@ -2,17 +2,35 @@
 
 On CUDA this is ``torch.nn.SyncBatchNorm``. That class refuses CPU tensors, so CPU runs (gloo)
 get :class:`GlooSyncBatchNorm`: one all-reduce of the per-channel sum, sum of squares and count,
-through ``torch.distributed.nn.functional.all_reduce``, whose backward all-reduces the gradient,
-so the gradients are those of batch norm over the concatenated global batch.
+through a differentiable all-reduce whose backward all-reduces the gradient, so the gradients are
+those of batch norm over the concatenated global batch (with each rank's loss counted: see
+``core/stages.py`` for how that meets DeepSpeed's gradient averaging).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over ranks of x; the gradient of x is the sum over ranks of the gradient of y, since
+    every rank's loss reads y. (``torch.distributed.nn.functional.all_reduce`` does the same and is
+    deprecated in torch 2.13.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class GlooSyncBatchNorm(_BatchNorm):
@@ -36,7 +54,7 @@ class GlooSyncBatchNorm(_BatchNorm):
         xf = x.float()
         count = xf.new_full((1,), float(local_count))
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # (2C + 1,)
-        stats = dist_fn.all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n  # (C,)
