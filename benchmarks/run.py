@@ -352,6 +352,67 @@ def _gpu_loader_rate(device, sizes: dict) -> dict:
     }
 
 
+LARS_SIZES = {
+    "quick": dict(model_names=("r18_0.25x_sk0",), repeat=1),
+    "cpu": dict(model_names=("r18_0.5x_sk0", "r18_1x_sk0", "r50_1x_sk1"), repeat=5),
+    "gpu": dict(model_names=("r18_1x_sk0", "r50_1x_sk1", "r152_2x_sk1"), repeat=10),
+}
+
+
+def run_lars(ctx: Context) -> Table:
+    from benchmarks.bench_lars import bench_lars
+
+    sizes = LARS_SIZES[ctx.mode]
+    out = []
+    for name in sizes["model_names"]:
+        rows, reading = _sampled(ctx, bench_lars, (name,), device=ctx.device, repeat=sizes["repeat"])
+        ours = next(r for r in rows if r["impl"] == "flashclr")
+        ref = next(r for r in rows if r is not ours)
+        # Minimum traffic of a LARS step: the norm pass reads w and g, the update reads w, g, v and
+        # writes w, v: 7 fp32 tensors of every parameter.
+        moved = 7 * 4 * ours["parameters"]
+        gbps = moved / ours["time_s"] / 1e9
+        out.append(
+            {
+                "model": name,
+                "parameters": ours["parameters"],
+                "tensors": ours["tensors"],
+                "path": ours["path"],
+                "ours_ms": 1000 * ours["time_s"],
+                "loop_ms": 1000 * ref["time_s"],
+                "vs_loop": ratio(ref["time_s"], ours["time_s"]),
+                "gbps": gbps,
+                "pct_copy": 100 * gbps / ctx.peaks.copy_gbps,
+                "nvml": _nvml_cell(reading),
+            }
+        )
+    columns = [
+        ("model", "model"),
+        ("parameters", "parameters"),
+        ("tensors", "tensors"),
+        ("path", "flashclr path"),
+        ("ours_ms", "flashclr ms"),
+        ("loop_ms", "per-parameter loop ms"),
+        ("vs_loop", "loop/flashclr time"),
+        ("gbps", "flashclr GB/s"),
+        ("pct_copy", "% of copy bandwidth"),
+        ("nvml", "NVML util/mem/power/clock (run of both)"),
+    ]
+    notes = [
+        "One step over the encoder + 3-layer head (SimCLR's two groups, weight decay 1e-6); the "
+        "reference is tests/references_lars.py ReferenceLARS (bench_lars.py). GB/s counts 7 fp32 "
+        "tensors per parameter (norms read w, g; the update reads w, g, v and writes w, v)."
+    ]
+    return Table(
+        "lars",
+        "LARS optimizer step: flashclr against the per-parameter loop",
+        _present(columns, out),
+        out,
+        notes,
+        reference=["loop_ms", "vs_loop"],
+    )
+
+
 # --- component: training step ------------------------------------------------------------------
 
 
@@ -446,6 +507,7 @@ COMPONENTS: dict[str, tuple[str, Callable[[Context], Table], str]] = {
     "nt_xent": ("bench_nt_xent", run_nt_xent, "issue 3"),
     "distill_ce": ("bench_distill_ce", run_distill_ce, "issue 4"),
     "dataio": ("bench_dataio", run_dataio, "issue 6"),
+    "lars": ("bench_lars", run_lars, "issue 8"),
     "train_step": ("bench_train_step", run_train_step, "issue 9"),
 }
 
