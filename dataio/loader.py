@@ -197,6 +197,7 @@ class DaliLoader:
             device_id=_device_id(self.device),
             seed=self._source.seed,
             prefetch_queue_depth=_PREFETCH,
+            layout="HWC" if self.channels_last else "CHW",
         )
         self._dali = DALIGenericIterator(
             pipe,
@@ -236,8 +237,8 @@ class DaliLoader:
         )
 
     def _image(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)  # (B, S, S, 3) HWC -> (B, 3, S, S), channels_last strides
-        x = x if self.channels_last else x.contiguous()
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)  # (B, S, S, 3) -> (B, 3, S, S) with channels_last strides
         return x.to(self.device, non_blocking=True)
 
     def _to_torch(self, out: dict) -> tuple[torch.Tensor, ...]:

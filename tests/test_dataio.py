@@ -161,9 +161,9 @@ def test_crop_and_flip_applied_by_dali(ramps):
     assert 0.3 < np.mean(flips) < 0.7
 
 
-def test_grayscale_fraction_and_jitter(folder):
+def test_grayscale_fraction(folder):
     loader = build_loader("pretrain", folder, batch_size=12, image_size=16, seed=5)
-    gray, total, max_change = 0, 0, 0.0
+    gray, total = 0, 0
     for _ in range(4):
         for v1, v2, _ in loader:
             for v in (v1, v2):
@@ -174,7 +174,6 @@ def test_grayscale_fraction_and_jitter(folder):
     # p = 0.2 over 288 views: 3 standard deviations is +-0.07
     assert total == 288
     assert 0.13 < gray / total < 0.27
-    del max_change
 
 
 def test_blur_is_applied_to_about_half_the_views(folder, monkeypatch):
@@ -333,7 +332,8 @@ def _bad_folder(tmp_path, name: str, payload) -> tuple[str, str]:
 @pytest.mark.parametrize(
     "kind,payload",
     [
-        ("truncated", lambda jpeg: jpeg[: len(jpeg) // 2]),
+        ("truncated_in_header", lambda jpeg: jpeg[:300]),
+        ("truncated_in_scan", lambda jpeg: jpeg[: jpeg.index(b"\xff\xda") + 60]),
         ("not_an_image", lambda jpeg: b"this is a text file, not a JPEG\n" * 20),
         ("empty_file", lambda jpeg: b""),
     ],
