@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -69,24 +70,29 @@ class _EpochSource:
     def __init__(
         self, data: Validated, stage: str, batch_size: int, seed: int, shard: tuple[int, int], strength, size
     ):
-        self.data, self.stage, self.batch_size, self.seed = data, stage, batch_size, seed
+        self.stage, self.batch_size, self.seed = stage, batch_size, seed
         self.shard_id, self.num_shards = shard
         self.strength, self.size = strength, size
         self.epoch, self.start_batch = 0, 0
+        self.set_data(data)
+        # File lists of the batches handed to DALI recently, to name the file behind a decode error.
+        self.recent: collections.deque[list[str]] = collections.deque(maxlen=_PREFETCH + 2)
+
+    def set_data(self, data: Validated) -> None:
+        """Use ``data`` from now on (also after dropping files that failed at run time)."""
+        self.data = data
         n = len(data.paths)
-        if stage == "eval":
+        if self.stage == "eval":
             self.shard_size = len(np.array_split(np.arange(n), self.num_shards)[self.shard_id])
-            self.n_batches = -(-self.shard_size // batch_size)
+            self.n_batches = -(-self.shard_size // self.batch_size)
         else:
             self.shard_size = n // self.num_shards
-            self.n_batches = self.shard_size // batch_size
+            self.n_batches = self.shard_size // self.batch_size
         if self.n_batches == 0:
             raise DataError(
                 f"{n} usable images over {self.num_shards} shard(s) give {self.shard_size} per shard, "
-                f"fewer than one batch of {batch_size}"
+                f"fewer than one batch of {self.batch_size}"
             )
-        # File lists of the batches handed to DALI recently, to name the file behind a decode error.
-        self.recent: collections.deque[list[str]] = collections.deque(maxlen=_PREFETCH + 2)
 
     def shard_indices(self, epoch: int) -> np.ndarray:
         """Indices (into the validated files) this shard visits in ``epoch``, in order."""
@@ -127,6 +133,14 @@ class _EpochSource:
                 yield encoded, labels, augment.crop_flip_params(rng, sizes)
 
 
+class _BadFiles(Exception):
+    """Files that failed to decode at run time, to be skipped (on_bad_file="skip")."""
+
+    def __init__(self, paths: list[str]):
+        super().__init__(paths)
+        self.paths = paths
+
+
 def _find_undecodable(paths: list[str]) -> list[str]:
     """Files among ``paths`` that PIL cannot fully decode (run only after DALI reported an error)."""
     bad = []
@@ -142,7 +156,9 @@ def _find_undecodable(paths: list[str]) -> list[str]:
 class DaliLoader:
     """Iterable over one stage's batches; each ``iter()`` runs one epoch (see build_loader)."""
 
-    def __init__(self, source: _EpochSource, *, size, device, num_threads, channels_last, classes):
+    def __init__(
+        self, source: _EpochSource, *, size, device, num_threads, channels_last, classes, on_bad_file
+    ):
         self._source = source
         self.stage = source.stage
         self.batch_size = source.batch_size
@@ -150,6 +166,7 @@ class DaliLoader:
         self.device = torch.device(device)
         self.num_threads = num_threads
         self.channels_last = channels_last
+        self.on_bad_file = on_bad_file
         self.skipped = list(source.data.skipped)  # (path, reason) of files left out at build
         self.classes = list(classes)
         self.num_classes = len(self.classes)
@@ -209,8 +226,20 @@ class DaliLoader:
         return self._dali
 
     def __iter__(self):
-        self._source.epoch, self._source.start_batch = self._epoch, self._start
+        epoch, batch = self._epoch, self._start
         self._epoch, self._start = self._epoch + 1, 0
+        while True:
+            try:
+                for out in self._pass(epoch, batch):
+                    batch += 1
+                    yield out
+                return
+            except _BadFiles as e:  # on_bad_file="skip": drop them, rebuild, go on from `batch`
+                self._drop(e.paths)
+
+    def _pass(self, epoch: int, start: int):
+        """Batches of ``epoch`` from ``start`` until the end or the first decode failure."""
+        self._source.epoch, self._source.start_batch = epoch, start
         self._exhausted = False
         self._source.recent.clear()
         it = self._iterator()
@@ -221,7 +250,7 @@ class DaliLoader:
                 self._exhausted = True
                 return
             except RuntimeError as e:
-                self._dali = None
+                self._dali = None  # a failed pipeline is not reused
                 raise self._decode_error(e) from e
             yield self._to_torch(out)
 
@@ -230,10 +259,27 @@ class DaliLoader:
         bad = _find_undecodable(candidates)
         if not bad:
             return RuntimeError(f"DALI pipeline failed on a batch of {len(candidates)} recent files: {exc}")
+        if self.on_bad_file == "skip":
+            return _BadFiles(bad)
         return DataError(
             f"cannot decode {bad[0]}"
             + (f" (and {len(bad) - 1} more: {bad[1:4]})" if len(bad) > 1 else "")
-            + " although its header passed validation; remove it or list it out of the source"
+            + " although its header passed validation at build time; pass on_bad_file='skip' to"
+            " leave such files out"
+        )
+
+    def _drop(self, paths: list[str]) -> None:
+        data = self._source.data
+        keep = [i for i, p in enumerate(data.paths) if p not in set(paths)]
+        reason = "failed to decode at run time"
+        self.skipped += [(p, f"{reason}: {p}") for p in paths]
+        self._source.set_data(
+            Validated([data.paths[i] for i in keep], data.labels[keep], data.sizes[keep], data.skipped)
+        )
+        warnings.warn(
+            f"skipped {len(paths)} file(s) that {reason} ({paths[0]}); the rest of this epoch"
+            + (" continues in listing order" if self.stage == "eval" else " is reshuffled without them"),
+            stacklevel=3,
         )
 
     def _image(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,6 +345,7 @@ def build_loader(
         num_threads=num_threads,
         channels_last=channels_last,
         classes=listing.classes,
+        on_bad_file=on_bad_file,
     )
     loader.set_epoch(epoch, start_batch)
     return loader

@@ -348,14 +348,19 @@ def test_bad_files_fail_or_skip(tmp_path, kind, payload):
     assert sum(v1.shape[0] for v1, _, _ in loader) == 8
 
 
-def test_file_corrupted_after_validation_is_named(folder, tmp_path):
-    root, _ = _bad_folder(tmp_path, "later", lambda jpeg: jpeg)
-    loader = build_loader("eval", root, batch_size=3, image_size=16)
-    victim = os.path.join(root, "a", "a_002.jpg")
+def test_file_corrupted_after_validation_fails_or_is_skipped(tmp_path):
+    root, _ = _bad_folder(tmp_path, "later", lambda jpeg: jpeg)  # 9 good files
+    strict = build_loader("eval", root, batch_size=3, image_size=16)
+    lenient = build_loader("eval", root, batch_size=3, image_size=16, on_bad_file="skip")
+    victim = os.path.join(root, "a", "a_002.jpg")  # in the first batch
     with open(victim, "wb") as f:
         f.write(b"garbage written after the loader was built")
     with pytest.raises(DataError, match=victim):
-        list(loader)
+        list(strict)
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        labels = torch.cat([y for _, y in lenient]).tolist()
+    assert labels == [0] * 3 + [1] * 5  # every other image exactly once
+    assert [p for p, _ in lenient.skipped] == [victim] and len(lenient) == 3
 
 
 def test_empty_class_folder_and_empty_root(tmp_path):
