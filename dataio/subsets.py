@@ -44,13 +44,15 @@ def _match_names(paths: list[str], file: str) -> np.ndarray:
     if not names:
         raise DataError(f"subset file {file!r} lists no image names")
     index: dict[str, int] = {}
+    ambiguous: set[str] = set()
     for i, p in enumerate(paths):
         base = os.path.basename(p)
         if base in index:
-            raise DataError(
-                f"subset file {file!r} names files by base name, but {base!r} appears twice in the source"
-            )
+            ambiguous.add(base)
         index[base] = i
+    clash = sorted({os.path.basename(n) for n in names} & ambiguous)
+    if clash:
+        raise DataError(f"subset file {file!r} names {clash[:5]}, which appear more than once in the source")
     missing = [n for n in names if os.path.basename(n) not in index]
     if missing:
         shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
