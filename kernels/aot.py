@@ -74,11 +74,18 @@ def collect_specs() -> list[AotSpec]:
     return specs
 
 
-def _ptxas() -> str:
+def _ptxas(cc: int) -> str:
     import triton
 
+    # Triton's own choice (get_ptxas in its nvidia backend): sm_90+ PTX is version 9.4, which
+    # only the CUDA 13 `ptxas-blackwell` takes; for sm_80 triton emits PTX 8.8 for `ptxas`.
     bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    return os.path.join(bin_dir, "ptxas-blackwell")
+    return os.path.join(bin_dir, "ptxas-blackwell" if cc >= 90 else "ptxas")
+
+
+# The flags triton's own make_cubin passes (triton/backends/nvidia/compiler.py, 3.9):
+# --regAllocOptLevel=2 works around a ptxas 13.x register-allocation bug.
+_PTXAS_FLAGS = ("-lineinfo", "-v", "--regAllocOptLevel=2")
 
 
 def compile_spec(spec: AotSpec, cc: int) -> dict[str, Any]:
@@ -99,7 +106,7 @@ def compile_spec(spec: AotSpec, cc: int) -> dict[str, Any]:
         with open(path, "w") as f:
             f.write(ptx)
         proc = subprocess.run(
-            [_ptxas(), "-v", "--gpu-name", arch, path, "-o", os.path.join(tmp, "kernel.cubin")],
+            [_ptxas(cc), *_PTXAS_FLAGS, f"--gpu-name={arch}", path, "-o", os.path.join(tmp, "kernel.cubin")],
             capture_output=True,
             text=True,
         )

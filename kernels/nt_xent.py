@@ -66,14 +66,19 @@ def _scores(
     b_stride,
     dim,
     UPCAST: tl.constexpr,
+    SINGLE_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """(BLOCK_M, BLOCK_N) fp32 tile of a_rows · b_rows over the whole of D, masked to zero."""
+    """(BLOCK_M, BLOCK_N) fp32 tile of a_rows · b_rows over the whole of D, masked to zero.
+
+    SINGLE_D (dim ≤ BLOCK_D): one chunk, no inner loop, which keeps the column loop the only
+    loop for the software pipeliner (the nested loop spilled registers in the AOT check).
+    """
     offs_d = tl.arange(0, BLOCK_D)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for d0 in range(0, dim, BLOCK_D):
+    for d0 in tl.range(0, BLOCK_D if SINGLE_D else dim, BLOCK_D):
         d_mask = (d0 + offs_d) < dim
         a = tl.load(
             a_ptr + a_rows[:, None] * a_stride + (d0 + offs_d)[None, :],
@@ -107,6 +112,7 @@ def _nt_xent_fwd_kernel(
     scale,
     FIXED_MAX: tl.constexpr,
     UPCAST: tl.constexpr,
+    SINGLE_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -146,6 +152,7 @@ def _nt_xent_fwd_kernel(
                 z_stride,
                 dim,
                 UPCAST,
+                SINGLE_D,
                 BLOCK_M,
                 BLOCK_N,
                 BLOCK_D,
@@ -170,6 +177,7 @@ def _nt_xent_fwd_kernel(
                 neg_stride,
                 dim,
                 UPCAST,
+                SINGLE_D,
                 BLOCK_M,
                 BLOCK_N,
                 BLOCK_D,
@@ -199,6 +207,45 @@ def _online_update(t, valid, m_i, l_i, FIXED_MAX: tl.constexpr):
 
 
 @triton.jit
+def _column_tile(
+    a,
+    a_ptr,
+    a_rows,
+    a_mask,
+    b_ptr,
+    b_rows,
+    b_mask,
+    a_stride,
+    b_stride,
+    dim,
+    offs_d,
+    d_mask,
+    UPCAST: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Backward helper: the fp32 score tile a_rows · b_rows and b's (BLOCK_N, BLOCK_D) chunk at
+    ``offs_d``. With SINGLE_D the chunk is all of D: one load serves both dots (``a`` preloaded)."""
+    b = tl.load(
+        b_ptr + b_rows[:, None] * b_stride + offs_d[None, :],
+        mask=b_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    if UPCAST:
+        b = b.to(tl.float32)
+    if SINGLE_D:
+        t = tl.dot(a, tl.trans(b))
+    else:
+        t = _scores(
+            a_ptr, a_rows, a_mask, a_stride, b_ptr, b_rows, b_mask, b_stride, dim,
+            UPCAST, SINGLE_D, BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
+    return t, b
+
+
+@triton.jit
 def _nt_xent_bwd_kernel(
     z_ptr,
     neg_ptr,
@@ -215,6 +262,7 @@ def _nt_xent_bwd_kernel(
     acc_stride,
     scale,
     UPCAST: tl.constexpr,
+    SINGLE_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -238,75 +286,41 @@ def _nt_xent_bwd_kernel(
     # Masked lanes read lse = +inf, so their 2^(t - lse) is 0 instead of an overflow.
     lse_r = tl.load(lse_ptr + z_rows, mask=row_mask, other=float("inf")) * 1.4426950408889634
     g_r = tl.load(g_ptr + z_rows, mask=row_mask, other=0.0)
+    # The anchors' chunk of D: with SINGLE_D it is all of D, loaded once for every score tile.
+    a = tl.load(
+        z_ptr + z_rows[:, None] * z_stride + offs_d[None, :],
+        mask=row_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    if UPCAST:
+        a = a.to(tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     # 2. batch columns: W = g_k 2^(t - lse_k) + g_j 2^(t - lse_j), self column excluded.
     for n0 in range(0, n_cols, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_mask = cols < n_cols
-        t = (
-            _scores(
-                z_ptr,
-                z_rows,
-                row_mask,
-                z_stride,
-                z_ptr,
-                cols,
-                col_mask,
-                z_stride,
-                dim,
-                UPCAST,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_D,
-            )
-            * scale
-        )
+        t, zc = _column_tile(
+            a, z_ptr, z_rows, row_mask, z_ptr, cols, col_mask, z_stride, z_stride, dim, offs_d, d_mask,
+            UPCAST, SINGLE_D, BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
+        t = t * scale
         lse_c = tl.load(lse_ptr + cols, mask=col_mask, other=float("inf")) * 1.4426950408889634
         g_c = tl.load(g_ptr + cols, mask=col_mask, other=0.0)
         w = g_r[:, None] * tl.exp2(t - lse_r[:, None]) + g_c[None, :] * tl.exp2(t - lse_c[None, :])
         valid = row_mask[:, None] & col_mask[None, :] & (cols[None, :] != z_rows[:, None])
         w = tl.where(valid, w, 0.0)
-        zc = tl.load(
-            z_ptr + cols[:, None] * z_stride + offs_d[None, :],
-            mask=col_mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        if UPCAST:
-            acc = tl.dot(w, zc.to(tl.float32), acc)
-        else:
-            acc = tl.dot(w.to(zc.dtype), zc, acc)
+        acc = tl.dot(w.to(zc.dtype), zc, acc)
     # 3. negatives: row terms only.
     for n0 in range(0, n_neg, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_mask = cols < n_neg
-        t = (
-            _scores(
-                z_ptr,
-                z_rows,
-                row_mask,
-                z_stride,
-                neg_ptr,
-                cols,
-                col_mask,
-                neg_stride,
-                dim,
-                UPCAST,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_D,
-            )
-            * scale
-        )
+        t, nc = _column_tile(
+            a, z_ptr, z_rows, row_mask, neg_ptr, cols, col_mask, z_stride, neg_stride, dim, offs_d, d_mask,
+            UPCAST, SINGLE_D, BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
+        t = t * scale
         w = tl.where(row_mask[:, None] & col_mask[None, :], g_r[:, None] * tl.exp2(t - lse_r[:, None]), 0.0)
-        nc = tl.load(
-            neg_ptr + cols[:, None] * neg_stride + offs_d[None, :],
-            mask=col_mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        if UPCAST:
-            acc = tl.dot(w, nc.to(tl.float32), acc)
-        else:
-            acc = tl.dot(w.to(nc.dtype), nc, acc)
+        acc = tl.dot(w.to(nc.dtype), nc, acc)
     # 4. store the fp32 accumulator.
     tl.store(
         acc_ptr + rows[:, None] * acc_stride + offs_d[None, :],
@@ -315,14 +329,17 @@ def _nt_xent_bwd_kernel(
     )
 
 
-# Tile shape: 128×64 score tiles with 8 warps, the flash-attention forward shape for head dim
-# ≤ 128 on A100/H100; D is walked in chunks of at most 128 so any D up to 1024 fits registers.
-# `python -m flashclr.kernels.aot` checks they compile without spills for sm_80 and sm_90.
-BLOCK_M = 128
-BLOCK_N = 64
+# Tile shapes (BLOCK_M, BLOCK_N, num_warps, num_stages) per input dtype: 128×64 score tiles with
+# 8 warps for 16-bit inputs, the flash-attention forward shape for head dim ≤ 128 on A100/H100;
+# fp32 tiles take twice the registers, so 64×64 (128×64 spilled 340-480 bytes in the AOT check).
+# D is walked in chunks of at most 128. `python -m flashclr.kernels.aot` checks that every config
+# compiles without spills for sm_80 and sm_90.
+_CONFIGS = {
+    torch.float32: (64, 64, 8, 2),
+    torch.bfloat16: (128, 64, 8, 2),
+    torch.float16: (128, 64, 8, 2),
+}
 MAX_BLOCK_D = 128
-NUM_WARPS = 8
-NUM_STAGES = 2
 
 
 def _block_d(dim: int) -> int:
@@ -356,7 +373,8 @@ def nt_xent_triton_forward(
     neg = z if negatives is None else negatives  # any valid pointer when there are none
     n_neg = 0 if negatives is None else negatives.shape[0]
     lse = torch.empty(n_rows, dtype=torch.float32, device=z.device) if out is None else out
-    _nt_xent_fwd_kernel[(triton.cdiv(n_rows, BLOCK_M),)](
+    block_m, block_n, num_warps, num_stages = _CONFIGS[z.dtype]
+    _nt_xent_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
         z,
         neg,
         lse,
@@ -370,11 +388,12 @@ def nt_xent_triton_forward(
         inv_tau * LOG2E,
         FIXED_MAX=fixed_max,
         UPCAST=_upcast(z.dtype),
-        BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N,
+        SINGLE_D=dim <= _block_d(dim),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
         BLOCK_D=_block_d(dim),
-        num_warps=NUM_WARPS,
-        num_stages=NUM_STAGES,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     return lse
 
@@ -402,7 +421,8 @@ def nt_xent_triton_backward(
     n_neg = 0 if negatives is None else negatives.shape[0]
     acc = torch.empty(n_rows, dim, dtype=torch.float32, device=z.device) if out is None else out
     block_d = _block_d(dim)
-    _nt_xent_bwd_kernel[(triton.cdiv(n_rows, BLOCK_M), triton.cdiv(dim, block_d))](
+    block_m, block_n, num_warps, num_stages = _CONFIGS[z.dtype]
+    _nt_xent_bwd_kernel[(triton.cdiv(n_rows, block_m), triton.cdiv(dim, block_d))](
         z,
         neg,
         lse,
@@ -418,11 +438,12 @@ def nt_xent_triton_backward(
         acc.stride(0),
         inv_tau * LOG2E,
         UPCAST=_upcast(z.dtype),
-        BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N,
+        SINGLE_D=dim <= block_d,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
         BLOCK_D=block_d,
-        num_warps=NUM_WARPS,
-        num_stages=NUM_STAGES,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     return acc
 
@@ -620,29 +641,33 @@ def nt_xent(
     return NTXentFunction.apply(z1, z2, negatives, inv_tau, normalize, gather, backend)
 
 
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _aot_spec(kernel: str, dtype: str, fixed_max: bool = True) -> dict:
     """One shipped config (D = 128, the SimCLR projection width) in ``kernels/aot.py``'s format."""
     ptr = f"*{dtype}"
     common = {"n_rows": "i32", "n_cols": "i32", "n_neg": "i32", "dim": "i32", "row_start": "i32"}
-    blocks = {"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_D": MAX_BLOCK_D}
+    block_m, block_n, num_warps, num_stages = _CONFIGS[_TORCH_DTYPES[dtype]]
+    blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": MAX_BLOCK_D}
     if kernel == "fwd":
         fn = _nt_xent_fwd_kernel
         pointers = {"z_ptr": ptr, "neg_ptr": ptr, "lse_ptr": "*fp32"}
         strides = {"z_stride": "i32", "neg_stride": "i32"}
-        constexprs = {"FIXED_MAX": fixed_max, "UPCAST": False, **blocks}
+        constexprs = {"FIXED_MAX": fixed_max, "UPCAST": False, "SINGLE_D": True, **blocks}
     else:
         fn = _nt_xent_bwd_kernel
         pointers = {"z_ptr": ptr, "neg_ptr": ptr, "lse_ptr": "*fp32", "g_ptr": "*fp32", "acc_ptr": "*fp32"}
         strides = {"z_stride": "i32", "neg_stride": "i32", "acc_stride": "i32"}
-        constexprs = {"UPCAST": False, **blocks}
+        constexprs = {"UPCAST": False, "SINGLE_D": True, **blocks}
     signature = {**pointers, **common, **strides, "scale": "fp32", **dict.fromkeys(constexprs, "constexpr")}
     return {
         "name": f"nt_xent_{kernel}" + ("" if kernel == "bwd" or fixed_max else "_online"),
         "fn": fn,
         "signature": signature,
         "constexprs": constexprs,
-        "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES,
+        "num_warps": num_warps,
+        "num_stages": num_stages,
         "dtype": dtype,
         # fp32 tiles go through tf32 wgmma too, but only the bf16 use is promised and tested.
         "expect_wgmma": dtype == "bf16",
