@@ -264,6 +264,8 @@ def test_file_list_source_and_class_names(folder, tmp_path):
     assert class_names(folder) == ["cat", "dog", "eel"] and num_classes(str(listing)) == 3
     pairs = [(os.path.join(folder, "dog", "dog_001.jpg"), 4)]
     assert num_classes(pairs) == 5
+    with pytest.raises(DataError, match="missing file: .*nope.jpg"):
+        build_loader("eval", [*pairs, (os.path.join(folder, "nope.jpg"), 0)], batch_size=1)
     bad = tmp_path / "bad.txt"
     bad.write_text("a.jpg 0\nb.jpg\n")
     with pytest.raises(DataError, match=r"bad.txt:2"):
@@ -278,6 +280,10 @@ def test_label_fractions(tmp_path):
     assert per_class.tolist() == [3, 1, 1]  # round(10%), at least one per class
     assert sub == label_subset(root, fraction=0.1, seed=0)
     assert sub != label_subset(root, fraction=0.1, seed=1)
+    with pytest.raises(ValueError, match="fraction"):
+        label_subset(root, fraction=1.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        label_subset(root, fraction=0.1, file="1percent.txt")
     loader = build_loader("finetune", root, batch_size=5, image_size=16, label_subset=0.1)
     assert len(loader) == 1 and set(loader.paths) == {p for p, _ in sub}
 
