@@ -102,22 +102,23 @@ class SimCLRModel(nn.Module):
             )
         return self.head(self.encoder(x))
 
-    def _classify(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _check_classifier(self) -> None:
         if self.classifier is None:
             raise RuntimeError("this model was built with num_classes=0: it has no classifier")
-        return self.classifier(hidden)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes), classifier on head layer ``ft_proj_selector``."""
+        self._check_classifier()
         k = self.ft_proj_selector
-        return self._classify(self.head.hiddens(self.encoder(x), upto=k)[k])
+        return self.classifier(self.head.hiddens(self.encoder(x), upto=k)[k])
 
     def projections_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> ((B, proj_dim), (B, num_classes)); no gradient from logits to the body."""
         if not self.head_is_complete:
             raise RuntimeError("projections_and_logits() needs the full head (finetune_head_() dropped some)")
+        self._check_classifier()
         hiddens = self.head.hiddens(self.encoder(x))
-        return hiddens[-1], self._classify(hiddens[self.ft_proj_selector].detach())
+        return hiddens[-1], self.classifier(hiddens[self.ft_proj_selector].detach())
 
     def forward(self, x: torch.Tensor, output: str = "projections") -> torch.Tensor:
         if output not in OUTPUTS:
