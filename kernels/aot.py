@@ -123,17 +123,37 @@ def compile_spec(spec: AotSpec, cc: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Print the table; ``--json`` prints one JSON object per spec and target instead."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m flashclr.kernels.aot", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON line per (spec, target)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        # Under the interpreter @triton.jit gives InterpretedFunctions, which cannot be compiled.
+        raise SystemExit("flashclr.kernels.aot: unset TRITON_INTERPRET to compile the kernels")
     specs = collect_specs()
-    header = f"{'kernel':<22} {'config':<52} {'dtype':<5} {'target':<6} {'regs':>4} {'spills':>6} {'smem':>7}  wgmma"
-    print(header)
-    print("-" * len(header))
-    for spec in specs:
+    header = f"{'kernel':<22} {'config':<60} {'dtype':<5} {'target':<6} {'regs':>4} {'spills':>6} {'smem':>7}  wgmma"
+    if not args.json:
+        print(header)
+        print("-" * len(header))
+    for index, spec in enumerate(specs):
         for cc in TARGETS:
             r = compile_spec(spec, cc)
+            if args.json:
+                print(
+                    json.dumps({"index": index, "name": spec.name, "dtype": spec.dtype, "cc": cc, **r}),
+                    flush=True,
+                )
+                continue
             print(
-                f"{spec.name:<22} {spec.config:<52} {spec.dtype:<5} sm_{cc:<3} {r['registers']:>4} "
-                f"{r['spills']:>6} {r['shared']:>7}  {'yes' if r['wgmma'] else 'no'}"
+                f"{spec.name:<22} {spec.config:<60} {spec.dtype:<5} sm_{cc:<3} {r['registers']:>4} "
+                f"{r['spills']:>6} {r['shared']:>7}  {'yes' if r['wgmma'] else 'no'}",
+                flush=True,
             )
 
 
