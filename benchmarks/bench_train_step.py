@@ -98,7 +98,7 @@ def count_flops(
     return {"encoder_fwd": counts["encoder_fwd"], "step": step}
 
 
-def _loss_fns(stage: str):
+def loss_functions(stage: str):
     """(fused, eager) loss callables for ``stage``; eager is the reference from tests/."""
     import tests.references as refs
 
@@ -313,7 +313,7 @@ def bench_train_step(
         data_dir = tmp.name
     try:
         batches = _Batches(stage, batch, image_size, device, channels_last, data, data_dir, 1000)
-        fns = {n: f for n, f in zip(LOSSES, _loss_fns(stage), strict=True) if n in losses}
+        fns = {n: f for n, f in zip(LOSSES, loss_functions(stage), strict=True) if n in losses}
         measured = measure_losses(
             stage, fns, net, big, batch, batches, device, precision, warmup, steps, nvml
         )

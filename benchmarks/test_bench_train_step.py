@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.bench_train_step import _loss_fns
+from benchmarks.bench_train_step import loss_functions
 from flashclr.core.lars import LARS, lars_param_groups
 from flashclr.core.models import build_model
 
@@ -28,7 +28,7 @@ def test_bench_train_step(benchmark, device, sync, stage, loss):
     model = build_model(MODEL, small_images=small, device=device).to(memory_format=fmt)
     teacher = build_model(MODEL, small_images=small, device=device).to(memory_format=fmt).eval()
     opt = LARS(lars_param_groups(model, weight_decay=1e-6), lr=0.075 * math.sqrt(BATCH))
-    loss_fn = dict(zip(("fused", "eager"), _loss_fns(stage), strict=True))[loss]
+    loss_fn = dict(zip(("fused", "eager"), loss_functions(stage), strict=True))[loss]
     views = 2 if stage == "pretrain" else 1
     x = torch.randn(views * BATCH, 3, SIZE, SIZE, device=device).contiguous(memory_format=fmt)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=HAS_CUDA)
