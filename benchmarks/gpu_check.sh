@@ -40,9 +40,10 @@ done
 "$PYTHON" -c "import torch, triton; print('[gpu_check] torch', torch.__version__, 'CUDA', torch.version.cuda, '| triton', triton.__version__)" 2>/dev/null
 
 # 2. GPU-marked tests. addopts overridden: the repo's pytest.ini asks for pytest-timeout, which a
-#    bare machine may lack; `timeout` bounds the step instead.
+#    bare machine may lack; `timeout` bounds the step instead. A test module whose dependency is
+#    missing (DALI, DeepSpeed) must not stop the others from running.
 say "GPU-marked tests (limit 180 s)"
-timeout 180 "$PYTHON" -m pytest -q -m gpu tests -o addopts="-ra" -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.txt" | tail -25
+timeout 180 "$PYTHON" -m pytest -q -m gpu tests -o addopts="-ra" -p no:cacheprovider --continue-on-collection-errors 2>&1 | tee "$OUT/gpu-tests.txt" | tail -25
 TESTS_RC=${PIPESTATUS[0]}
 say "GPU tests exit code $TESTS_RC (124 = ran out of time; 5 = no gpu tests collected)"
 
