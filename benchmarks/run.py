@@ -589,6 +589,7 @@ def main(argv: list[str] | None = None) -> dict:
         table.notes.append(f"({name} took {time.perf_counter() - t0:.0f} s in this run)")
         print("\n" + table.text() + "\n", flush=True)
         result["tables"].append(table.as_dict())
+        _write(folder, result)  # after each component: a run cut short keeps what it measured
 
     if mode == "gpu":
         table = targets_table(result["tables"])
