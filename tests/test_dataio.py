@@ -205,6 +205,8 @@ def test_same_seed_same_batches_and_exact_resume(folder):
     assert resumed.epoch == 2
     again = run()
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first[0], again[0], strict=True))
+    one_thread = build_loader("pretrain", folder, batch_size=6, image_size=16, seed=7, num_threads=1)
+    assert all(torch.equal(a, b) for a, b in zip(next(iter(one_thread)), first[0][0], strict=True))
     other = build_loader("pretrain", folder, batch_size=6, image_size=16, seed=8)
     assert not torch.equal(next(iter(other))[0], first[0][0][0])
     assert first[0][0][2].tolist() != first[1][0][2].tolist()  # epochs are shuffled differently
