@@ -47,10 +47,8 @@ if REPO not in sys.path:  # run as a script: `benchmarks` and `tests` import fro
 import torch  # noqa: E402
 
 from benchmarks import peaks as peaks_mod  # noqa: E402
-from benchmarks.nvml import Nvml  # noqa: E402
+from benchmarks.nvml import Nvml, NvmlReading  # noqa: E402
 from benchmarks.report import Table, machine, machine_line, ratio  # noqa: E402
-
-MODES = ("quick", "cpu", "gpu")
 
 
 @dataclass
@@ -58,7 +56,7 @@ class Context:
     """What every component adapter gets: where to run, at which sizes, and the measured peaks."""
 
     device: torch.device
-    mode: str  # one of MODES
+    mode: str  # "quick", "cpu" (the default sizes) or "gpu"
     peaks: peaks_mod.Peaks
     nvml: Nvml
     args: argparse.Namespace
@@ -81,12 +79,7 @@ def _sampled(ctx: Context, fn: Callable, *args, **kwargs):
 
 
 def _nvml_cell(reading: dict | None) -> str | None:
-    if not reading:
-        return None
-    return (
-        f"{reading['gpu_util_pct']:.0f}% {reading['mem_used_gib']:.1f}GiB {reading['power_w']:.0f}W "
-        f"{reading['sm_clock_mhz']:.0f}MHz"
-    )
+    return NvmlReading(**reading).short() if reading else None
 
 
 # --- components: the fused losses ----------------------------------------------------------------
