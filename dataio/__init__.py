@@ -30,12 +30,14 @@ Public API::
 - ``label_subset``: None, a fraction (float), a subset file (path), or (path, label) pairs.
 - ``on_bad_file``: "fail" raises DataError naming the first bad file; "skip" leaves bad files out,
   warns, and lists them in ``loader.skipped``. The check runs at build time (folder.validate:
-  header + end marker, ~0.05 ms CPU per cached file). A file that passes it and still fails to decode in DALI
-  (for example, rewritten after the build) raises a DataError naming it under "fail"; under "skip"
-  it is dropped, the pipeline rebuilt, and the epoch goes on from the failed batch (eval keeps
-  listing order, so every other image is still seen once; training stages reshuffle the rest of
-  the epoch without it).
-- ``loader.classes`` / ``loader.num_classes``; ``loader.skipped``.
+  header + end marker, ~0.05 ms CPU per cached file). A file that passes it and still fails to
+  decode in DALI (for example, rewritten after the build) raises a DataError naming it under
+  "fail"; under "skip" it is dropped, the pipeline rebuilt, and the epoch goes on from the failed
+  batch (eval keeps listing order, so every other image is still seen once; training stages
+  reshuffle the rest of the epoch without it).
+- Loader attributes: ``classes``, ``num_classes``, ``skipped``, ``epoch`` (the next one to run),
+  ``set_epoch(e, start_batch=0)``, ``paths`` (validated files, all shards) and
+  ``shard_paths(epoch)`` (this shard's files of an epoch, in order).
 
 The pretrain views come out fully augmented, all in DALI: crop, flip, colour jitter, grayscale
 and the Gaussian blur (p = 0.5 per view; window rule in augment.py).
