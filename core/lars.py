@@ -216,8 +216,12 @@ class LARS(torch.optim.Optimizer):
         self.fused = fused
         # Flat tensors handed over by a sharded optimizer, with their layout (see SegmentLayout).
         self._layouts: dict[int, tuple[torch.Tensor, SegmentLayout]] = {}
-        # Parameters LARS was built with: anything else without a layout is refused in step().
-        self._known: set[int] = {id(p) for g in self.param_groups for p in g["params"]}
+        # Shapes of each group's parameters as built. A tensor without a layout is accepted in
+        # step() only where it can be a whole parameter: the shape of the parameter at its place
+        # (mixed-precision wrappers substitute same-shaped fp32 copies); flat partitions are refused.
+        self._shapes: dict[int, list[tuple[int, ...]]] = {
+            id(g): [tuple(p.shape) for p in g["params"]] for g in self.param_groups
+        }
 
     def register_layout(self, flat: torch.Tensor, layout: SegmentLayout) -> None:
         """Declare ``flat`` (1-D) a sharded tensor cut into parameter pieces by ``layout``."""
@@ -239,7 +243,8 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             plain: list[torch.Tensor] = []
-            for p in group["params"]:
+            shapes = self._shapes.get(id(group), [])
+            for k, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
@@ -247,13 +252,14 @@ class LARS(torch.optim.Optimizer):
                 entry = self._layouts.get(id(p))
                 if entry is not None and entry[0] is p:
                     self._step_flat(group, p, entry[1])
-                elif id(p) in self._known:
+                elif k < len(shapes) and tuple(p.shape) == shapes[k]:
                     plain.append(p)
                 else:
                     raise RuntimeError(
-                        f"LARS was handed a tensor of shape {tuple(p.shape)} it was not built with and "
-                        "that has no segment layout: a sharded optimizer (DeepSpeed ZeRO) flattened the "
-                        "parameters, so per-parameter norms would be wrong. Call "
+                        f"LARS was handed a tensor of shape {tuple(p.shape)} where it was built with "
+                        f"{shapes[k] if k < len(shapes) else 'nothing'}, and no segment layout: a sharded "
+                        "optimizer (DeepSpeed ZeRO) flattened the parameters, so per-parameter norms "
+                        "would be wrong. Call "
                         "flashclr.core.lars_zero.attach_zero_layout(engine) after deepspeed.initialize."
                     )
             if plain:

@@ -41,12 +41,21 @@ __all__ = ["attach_zero_layout"]
 
 
 def attach_zero_layout(engine) -> LARS:
-    """Register the layout of every flat partition of ``engine``'s ZeRO optimizer with its LARS.
+    """Register the layout of every flat partition of ``engine``'s optimizer wrapper with its LARS.
 
     ``engine``: a ``deepspeed.DeepSpeedEngine`` built with a :class:`LARS` client optimizer.
-    Returns that LARS. With ZeRO stage 0 LARS sees whole parameters and nothing is registered.
+    Handles DeepSpeed's ZeRO stages 1-2 (``DeepSpeedZeroOptimizer``) and 3, its bf16 ZeRO-1
+    wrapper (``BF16_Optimizer``: ZeRO 1 with bf16 weights and fp32 gradient accumulation) and its
+    unfused mixed-precision wrapper (stage 0 with bf16/fp16: per-parameter fp32 copies that LARS
+    updates as whole parameters; that wrapper runs one optimizer step with zero gradients while it
+    is built, which weight decay turns into a real update, so it is undone here). Stage 0 in fp32
+    hands LARS the parameters themselves: nothing to do. Returns the LARS.
     """
-    stage = engine.zero_optimization_stage()
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
     wrapper = engine.optimizer
     lars = wrapper if isinstance(wrapper, LARS) else getattr(wrapper, "optimizer", None)
     if not isinstance(lars, LARS):
@@ -54,17 +63,34 @@ def attach_zero_layout(engine) -> LARS:
             f"attach_zero_layout: the engine's optimizer is {type(wrapper).__name__} wrapping "
             f"{type(lars).__name__}, not flashclr.core.lars.LARS"
         )
-    if stage == 0:
+    if wrapper is lars:
         return lars
-    if stage in (1, 2):
+    if isinstance(wrapper, FP16_UnfusedOptimizer):
+        _undo_initial_step(wrapper, lars)
+        return lars
+    if isinstance(wrapper, DeepSpeedZeroOptimizer):
         layouts = _stage_1_2_layouts(wrapper)
-    elif stage == 3:
+    elif isinstance(wrapper, DeepSpeedZeroOptimizer_Stage3):
         layouts = _stage_3_layouts(wrapper)
+    elif isinstance(wrapper, BF16_Optimizer):
+        layouts = _bf16_layouts(wrapper)
     else:
-        raise ValueError(f"attach_zero_layout: unknown ZeRO stage {stage}")
+        raise TypeError(
+            f"attach_zero_layout: DeepSpeed optimizer wrapper {type(wrapper).__name__} is not supported"
+        )
     for flat, layout in layouts:
         lars.register_layout(flat, layout)
     return lars
+
+
+def _undo_initial_step(wrapper, lars: LARS) -> None:
+    """``FP16_UnfusedOptimizer`` steps once with zero gradients at construction to create the
+    optimizer state. Its fp32 copies were clones of the low-precision weights, which that step
+    did not touch: copy them back and drop the momentum the step created."""
+    for fp32_group, lp_group in zip(wrapper.fp32_groups, wrapper.fp16_groups, strict=True):
+        for fp32, lp in zip(fp32_group, lp_group, strict=True):
+            fp32.data.copy_(lp.data)
+            lars.state.pop(fp32, None)
 
 
 def _stage_1_2_layouts(zero) -> list[tuple]:
@@ -100,5 +126,22 @@ def _stage_3_layouts(zero) -> list[tuple]:
             valid = max(0, min(size, p.ds_numel - rank * size))
             pieces += [(j, valid), (-1, size - valid)]
         flat = zero.fp32_partitioned_groups_flat[s]
+        layouts.append((flat, SegmentLayout.from_pieces(pieces, len(params), group, device=flat.device)))
+    return layouts
+
+
+def _bf16_layouts(bf16) -> list[tuple]:
+    """``BF16_Optimizer``: each group's parameters back to back from offset 0, padded at the end,
+    cut into ``world`` equal partitions; rank r holds ``fp32_groups_flat_partition[i]``."""
+    layouts = []
+    for i, params in enumerate(bf16.bf16_groups):
+        group = bf16.real_dp_process_group[i]
+        rank = dist.get_rank(group=group)
+        flat = bf16.fp32_groups_flat_partition[i]
+        spans, offset = [], 0
+        for j, p in enumerate(params):
+            spans.append((j, offset, p.numel()))
+            offset += p.numel()
+        pieces = window_pieces(spans, rank * flat.numel(), flat.numel())
         layouts.append((flat, SegmentLayout.from_pieces(pieces, len(params), group, device=flat.device)))
     return layouts

@@ -190,6 +190,12 @@ def test_lars_rejects_bad_hyperparameters_and_unknown_flat_tensors():
     opt.param_groups[0]["params"] = [stranger]  # what DeepSpeed ZeRO does to the groups
     with pytest.raises(RuntimeError, match="attach_zero_layout"):
         opt.step()
+    # A same-shaped stand-in (a mixed-precision wrapper's fp32 copy) is a whole parameter.
+    copy_ = p.detach().clone().requires_grad_(True)
+    copy_.grad = torch.ones(3)
+    opt.param_groups[0]["params"] = [copy_]
+    opt.step()
+    assert not torch.equal(copy_, p)
 
 
 # ---- sharded flat tensors --------------------------------------------------------------------

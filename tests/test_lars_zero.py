@@ -89,6 +89,33 @@ def test_naive_lars_over_flat_partitions_differs(zero_runs, unsharded, stage):
 
 
 @pytest.mark.slow
+def test_lars_through_deepspeed_bf16_wrappers(zero_runs):
+    """Stage 0 (FP16_UnfusedOptimizer, whose zero-gradient initial step attach_zero_layout undoes)
+    and stage 1 (BF16_Optimizer flat partitions) give the same weights, and both follow the fp32
+    unsharded reference within bf16 rounding (seen here: at most 2e-2 of each tensor's scale)."""
+    from flashclr.core.lars import LARS
+
+    stage0, stage1 = zero_runs["bf16_stage0"], zero_runs["bf16_stage1"]
+    assert (stage0["wrapper"], stage1["wrapper"]) == ("FP16_UnfusedOptimizer", "BF16_Optimizer")
+    for name, want in stage0["weights"].items():
+        torch.testing.assert_close(stage1["weights"][name], want, rtol=1e-5, atol=1e-6, msg=name)
+    model = script.MlpObjective(script.build_mlp())
+    opt = LARS(lars_param_groups(model, script.WEIGHT_DECAY), lr=script.LR)
+    params = list(model.parameters())
+    for step in range(script.K_STEPS):
+        grads = [torch.zeros_like(p) for p in params]
+        for rank in range(script.WORLD):
+            model.zero_grad(set_to_none=True)
+            model(script.batch(rank, step)).backward()
+            for g, p in zip(grads, params, strict=True):
+                g += p.grad / script.WORLD
+        for g, p in zip(grads, params, strict=True):
+            p.grad = g
+        opt.step()
+    assert _max_rel_diff(stage0["weights"], dict(model.named_parameters())) < 3e-2
+
+
+@pytest.mark.slow
 def test_train_py_pretrains_with_lars_on_zero2(zero_runs):
     run = zero_runs["train"]
     with open(os.path.join(run, "config.json")) as f:

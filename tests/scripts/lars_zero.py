@@ -1,7 +1,8 @@
 """Launched by tests/test_lars_zero.py through `deepspeed --num_gpus 2`: K LARS steps on a small
 SK-ResNet under real DeepSpeed engines with ZeRO stages 1, 2 and 3, once with flashclr's LARS and
 its ZeRO layout and once with the naive per-tensor reference LARS over DeepSpeed's flat partitions.
-Rank 0 writes the final weights of each run to OUT_DIR/{lars,naive}_stage{s}.pt. With
+Rank 0 writes the final weights of each run to OUT_DIR/{lars,naive}_stage{s}.pt, and those of
+bf16 runs of a small MLP through DeepSpeed's two bf16 wrappers to OUT_DIR/bf16_stage{0,1}.pt. With
 ``--train DATA OUT`` it then runs train.py's pretraining (LARS, configs/ds_zero2.json) for 3 steps.
 
 The test imports `build_model`, `batch` and the constants from here to compute the unsharded
@@ -43,6 +44,21 @@ def batch(rank: int, step: int) -> torch.Tensor:
     return torch.randn(MICRO_BATCH, 3, 16, 16, generator=gen)
 
 
+def build_mlp() -> nn.Module:
+    """A model without batch norm for the bf16 runs (CPU batch norm refuses bf16 activations)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 33), nn.ReLU(), nn.Linear(33, 7))
+
+
+class MlpObjective(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.to(self.model[1].weight.dtype)).float().square().mean()
+
+
 def _config(stage: int) -> dict:
     zero = {"stage": stage}
     if stage == 3:
@@ -55,6 +71,31 @@ def _config(stage: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }
+
+
+def _run_bf16(stage: int) -> dict:
+    """bf16 weights: stage 0 goes through DeepSpeed's FP16_UnfusedOptimizer (per-parameter fp32
+    copies), stage 1 with fp32 gradient accumulation through its BF16_Optimizer (flat partitions)."""
+    import deepspeed
+
+    from flashclr.core.lars import LARS, lars_param_groups
+    from flashclr.core.lars_zero import attach_zero_layout
+
+    model = MlpObjective(build_mlp())
+    config = {**_config(stage), "bf16": {"enabled": True}}
+    if stage == 1:  # DeepSpeed picks BF16_Optimizer for ZeRO 1 only with fp32 gradient accumulation
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    optimizer = LARS(lars_param_groups(model, WEIGHT_DECAY), lr=LR)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    attach_zero_layout(engine)
+    rank = torch.distributed.get_rank()
+    for step in range(K_STEPS):
+        loss = engine(batch(rank, step))
+        engine.backward(loss)
+        engine.step()
+    weights = {name: p.detach().float().clone() for name, p in engine.module.named_parameters()}
+    engine.destroy()
+    return {"wrapper": type(engine.optimizer).__name__, "weights": weights}
 
 
 def _run(stage: int, naive: bool) -> dict:
@@ -100,6 +141,10 @@ def main():
             if torch.distributed.get_rank() == 0:
                 name = f"{'naive' if naive else 'lars'}_stage{stage}.pt"
                 torch.save(weights, os.path.join(args.out_dir, name))
+    for stage in (0, 1):
+        result = _run_bf16(stage)
+        if torch.distributed.get_rank() == 0:
+            torch.save(result, os.path.join(args.out_dir, f"bf16_stage{stage}.pt"))
     if args.train:
         import train
 
