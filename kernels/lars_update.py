@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["lars_sumsq", "lars_update"]
+__all__ = ["AOT_SPECS", "lars_sumsq", "lars_update"]
 
 # 1024 fp32 elements per program: 4 warps x 32 threads x 8 elements (two 128-bit loads per thread
 # per tensor); the usual size for memory-bound elementwise Triton kernels (Liger, torch inductor).
@@ -227,3 +227,32 @@ def lars_update(
         BLOCK=BLOCK,
         num_warps=NUM_WARPS,
     )
+
+
+def _aot_spec(kernel: str, dtype: str) -> dict:
+    """A config of :mod:`flashclr.kernels.aot` for one kernel and piece dtype."""
+    tables = {"numel_ptr": "*i64", "block_piece_ptr": "*i64", "block_start_ptr": "*i64"}
+    if kernel == "sumsq":
+        fn = _lars_sumsq_kernel
+        signature = {"w_addr_ptr": "*i64", "g_addr_ptr": "*i64", **tables, "out_ptr": "*fp32"}
+        signature["weight_decay"] = "fp32"
+    else:
+        fn = _lars_update_kernel
+        signature = {"w_addr_ptr": "*i64", "g_addr_ptr": "*i64", "v_addr_ptr": "*i64", **tables}
+        signature.update(coef_ptr="*fp32", weight_decay="fp32", momentum="fp32")
+    signature.update(DTYPE="constexpr", BLOCK="constexpr")
+    tl_dtype = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}[dtype]
+    return dict(
+        name=f"lars_{kernel}",
+        fn=fn,
+        signature=signature,
+        constexprs={"DTYPE": tl_dtype, "BLOCK": BLOCK},
+        num_warps=NUM_WARPS,
+        num_stages=1,
+        dtype=dtype,
+        expect_wgmma=False,
+    )
+
+
+# Every shipped config (the kernels are elementwise: no tensor cores, hence no wgmma expected).
+AOT_SPECS = [_aot_spec(k, d) for k in ("sumsq", "update") for d in ("fp32", "bf16")]
