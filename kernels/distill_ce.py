@@ -179,16 +179,19 @@ def _distill_ce_kernel(
     # 4. Gradient: α/(Bτ)·(P_S,τ − P_T) + (1 − α)·m_i/B·(P_S,1 − onehot(y)).
     if COMPUTE_GRAD:
         grad_ptr += row * grad_row_stride
+        # Per-row coefficients, so the per-element work is multiply-adds (no division).
         if HAS_SOFT:
             coef_t = grad_soft_scale / z_t
             coef_b = grad_soft_scale / z_b
+        if HAS_HARD:
+            coef_c = row_hard_scale / z_c
         if SINGLE_BLOCK:
             cols = tl.arange(0, BLOCK_C)
             g = tl.zeros_like(s)
             if HAS_SOFT:
                 g += coef_b * e_b - coef_t * e_t
             if HAS_HARD:
-                g += row_hard_scale * (e_c / z_c - tl.where(cols == label, 1.0, 0.0))
+                g += coef_c * e_c - tl.where(cols == label, row_hard_scale, 0.0)
             tl.store(grad_ptr + cols, g.to(grad_ptr.dtype.element_ty), mask=cols < n_cols)
         else:
             for start in range(0, n_cols, BLOCK_C):
@@ -204,7 +207,7 @@ def _distill_ce_kernel(
                 if HAS_SOFT:
                     g += coef_b * e_b - coef_t * e_t
                 if HAS_HARD:
-                    g += row_hard_scale * (e_c / z_c - tl.where(cols == label, 1.0, 0.0))
+                    g += coef_c * e_c - tl.where(cols == label, row_hard_scale, 0.0)
                 tl.store(grad_ptr + cols, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
