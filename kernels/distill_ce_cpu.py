@@ -1,9 +1,10 @@
 """The torch path of the distillation cross-entropy (``distill_ce`` on CPU tensors).
 
 Same loss and gradient as the Triton kernel in ``distill_ce.py`` (see its module docstring),
-computed block of rows by block of rows: each block is upcast to fp32 into three reused (R, C)
-buffers that stay in the CPU's last-level cache, goes through torch's fused (log_)softmax kernels writing into
-those buffers, and its gradient rows are written once, straight into the (B, C) output. The only
+computed block of rows by block of rows: each block is upcast to fp32 into up to three reused
+(R, C) buffers that stay in the CPU's last-level cache, goes through torch's fused (log_)softmax
+kernels writing into those buffers, and its gradient rows are written once, straight into the
+(B, C) output. The only
 B×C tensor it allocates is that gradient; eager torch writes several (the scaled logits, both
 softmaxes, their product, and as many again in backward) and streams each through DRAM. A block
 costs 6 full-size torch ops for the soft term at τ = 1 (12 at other τ, 5 more for the hard term).
@@ -19,7 +20,7 @@ import torch
 _BLOCK_ELEMS = 1 << 20
 
 
-def _shifted_scaled(x: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+def _shifted_scaled(x: torch.Tensor, scale: float, out: torch.Tensor | None) -> torch.Tensor:
     """Logits ready for an fp32 (log_)softmax at temperature 1/scale: x itself when scale is 1
     (the softmax upcasts), else (x − rowmax x) · scale in out. Subtracting before scaling keeps
     exact the values near the max, which carry the probability: with logits of 100 at τ = 0.1,
@@ -50,7 +51,11 @@ def distill_ce_forward_torch(
     inv_temperature = 1.0 / temperature
     rows_per_block = max(1, _BLOCK_ELEMS // n_cols)
     shape = (min(rows_per_block, n_rows), n_cols)
-    buf_a, buf_b, buf_c = (torch.empty(shape, dtype=torch.float32) for _ in range(3))
+    # a: the student's shifted logits (only when τ ≠ 1); b: teacher logits, then log P_S; c: P_T,
+    # then log P_S at τ = 1.
+    buf_a = torch.empty(shape, dtype=torch.float32) if has_soft and temperature != 1.0 else None
+    buf_b = torch.empty(shape, dtype=torch.float32) if has_soft else None
+    buf_c = torch.empty(shape, dtype=torch.float32)
     loss_rows = torch.empty(n_rows, dtype=torch.float32)
     grad = None if grad_dtype is None else torch.empty((n_rows, n_cols), dtype=grad_dtype)
     soft_scale = alpha / (n_rows * temperature)  # ∂L/∂s = α/(Bτ) · (P_S,τ − P_T)
@@ -58,14 +63,15 @@ def distill_ce_forward_torch(
     for start in range(0, n_rows, rows_per_block):
         stop = min(start + rows_per_block, n_rows)
         n = stop - start
-        s_in, a, b, c = student[start:stop], buf_a[:n], buf_b[:n], buf_c[:n]
+        s_in, c = student[start:stop], buf_c[:n]
         grad_rows = None if grad is None else grad[start:stop]
         soft_grad = None
         block_loss = torch.zeros(n)
         if has_soft:
+            b = buf_b[:n]
             t = _shifted_scaled(teacher[start:stop], inv_temperature, b)
             p_t = torch.softmax(t, dim=1, dtype=torch.float32, out=c)
-            s = _shifted_scaled(s_in, inv_temperature, a)
+            s = _shifted_scaled(s_in, inv_temperature, None if buf_a is None else buf_a[:n])
             log_p_s = torch.log_softmax(s, dim=1, dtype=torch.float32, out=b)
             # soft_i = −Σ_y P_T log P_S,τ: a batched (1, C)·(C, 1) product per row, no (n, C) temporary.
             cross = torch.bmm(p_t.unsqueeze(1), log_p_s.unsqueeze(2)).view(n)
