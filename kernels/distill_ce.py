@@ -1,8 +1,8 @@
 """Fused temperature-scaled distillation cross-entropy (SimCLR v2 stage 3), in Triton.
 
 The loss of "Big Self-Supervised Models are Strong Semi-Supervised Learners" (Chen et al. 2020,
-arXiv 2006.10029, eq. 3), with an optional hard-label term for labelled rows, averaged over the
-batch of B rows::
+arXiv 2006.10029; the formula of design.md), the hard-label term only on labelled rows, averaged
+over the batch of B rows::
 
     L = (1/B) · Σ_i [ α · soft_i + (1 − α) · m_i · hard_i ]
     soft_i = −Σ_y P_T(y | x_i; τ) · log P_S(y | x_i; τ)        P(y | x; τ) = softmax(logits / τ)
@@ -13,8 +13,9 @@ Algorithm: one program per row streams the row's classes in chunks of BLOCK_C an
 τ and the student at 1 (the two student softmaxes share one running max, since max(s/τ) = max(s)/τ
 for τ > 0). The cross term Σ_y P_T · s/τ is accumulated relative to the running student max and
 rescaled with it, so no large numbers cancel: the loss stays exact at τ = 0.1 with logits of
-magnitude 100. Once the statistics are final, a second loop over the same row (served from L2 on a
-GPU: a row of 21843 bf16 logits is 43 KB) writes the gradient of L with respect to the student::
+magnitude 100. Once the statistics are final, a second loop over the same row writes the gradient
+of L with respect to the student (the re-read hits L2 when the row is still there: 87 KB of bf16
+student and teacher logits at C = 21843; not measured yet, no GPU so far)::
 
     ∂L/∂s_ij = α/(Bτ) · (P_S(j | x_i; τ) − P_T(j | x_i; τ)) + (1 − α) · m_i/B · (P_S(j | x_i; 1) − [j = y_i])
 
