@@ -366,8 +366,12 @@ def _lars_pieces(
         coef = lr * _trust_ratio(_slot_sums(sumsq, slots, n_slots, reduce), group["trust_coefficient"])
         if slots is not None:
             coef = coef[slots]
-        scaled = torch._foreach_mul(us, list(coef.to(ws[0].dtype).unbind()))
-        torch._foreach_add_(vs, scaled)
+        coefs = list(coef.to(ws[0].dtype).unbind())
+        if us is gs:  # never scale the gradients themselves in place
+            us = torch._foreach_mul(gs, coefs)
+        else:
+            torch._foreach_mul_(us, coefs)
+        torch._foreach_add_(vs, us)
     torch._foreach_sub_(ws, vs)
 
 
