@@ -185,3 +185,27 @@ def build_model(
         min_sk_channels=min_sk_channels,
     )
     return model
+
+
+def parameter_counts(model: SimCLRModel) -> dict[str, int]:
+    """Parameters of ``encoder`` (BN gamma and beta included), ``head``, ``classifier`` and ``total``."""
+    parts = {name: getattr(model, name) for name in ("encoder", "head", "classifier")}
+    counts = {
+        name: sum(p.numel() for p in part.parameters()) if part is not None else 0
+        for name, part in parts.items()
+    }
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def _print_count_table() -> None:
+    """``python -m flashclr.core.models``: the README's table, built on the meta device."""
+    print("| model | encoder | head (3 layers, 128) | classifier (1000) | total |")
+    print("|---|---:|---:|---:|---:|")
+    for name in sorted(list_models(), key=parse_name):
+        c = parameter_counts(build_model(name, device="meta"))
+        print(f"| {name} | {c['encoder']:,} | {c['head']:,} | {c['classifier']:,} | {c['total']:,} |")
+
+
+if __name__ == "__main__":
+    _print_count_table()

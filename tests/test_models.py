@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flashclr.core.heads import ProjectionHead
-from flashclr.core.models import build_model, list_models, parse_name
+from flashclr.core.models import build_model, list_models, parameter_counts, parse_name
 from flashclr.core.resnet import (
     BasicBlock,
     Bottleneck,
@@ -125,6 +125,9 @@ def test_head_and_classifier_counts():
     model = build_model("r50_1x_sk0", device="meta")
     assert _count(model.head) == 2 * (2048 * 2048 + 2 * 2048) + 2048 * 128 + 128
     assert _count(model.classifier) == 2048 * 1000 + 1000
+    counts = parameter_counts(model)
+    assert counts["encoder"] == EXACT_COUNTS["r50_1x_sk0"]
+    assert counts["total"] == counts["encoder"] + counts["head"] + counts["classifier"] == _count(model)
     top = build_model("r50_1x_sk0", ft_proj_selector=3, num_classes=10, device="meta")
     assert top.classifier.in_features == 128
     assert build_model("r50_1x_sk0", num_classes=0, device="meta").classifier is None
@@ -364,10 +367,11 @@ def test_biggest_model_on_meta_at_224():
     assert model.logits(x).shape == (1, 1000)
 
 
-# bf16 keeps 8 mantissa bits (relative rounding 2^-8 = 0.4%) and the errors of ~50 layers add up:
-# measured relative errors ~1e-2 on these models, so 5e-2 is the documented bound. channels_last
-# fp32 only reorders the conv sums: 1e-5.
-BF16_REL_TOL = 5e-2
+# Relative (Frobenius) error against fp32, eval mode, random BN statistics, 64 px. bf16 keeps 8
+# significant bits (rounding 2^-9 = 0.2%) and ~50 layers add their errors: measured at most 7.2e-3
+# (r18_1x, r50_0.5x+SK, r50_1x+SK, 3 seeds each, 2-core CPU, 2026-12-03), so 3e-2 is the bound.
+# channels_last in fp32 only reorders the conv sums: measured at most 8.3e-7.
+BF16_REL_TOL = 3e-2
 CHANNELS_LAST_REL_TOL = 1e-5
 
 
