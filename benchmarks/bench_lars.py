@@ -6,14 +6,16 @@ Both optimizers take SimCLR's two parameter groups (``lars_param_groups``, weigh
 and the same gradients; the reference is tests/references_lars.py's ``ReferenceLARS`` (one
 Python iteration and a handful of small kernels per parameter). flashclr's LARS runs
 ``torch._foreach_*`` on the CPU and the two Triton launches per group on CUDA. Each step changes
-the weights, which does not change the work. Times are medians after one warm-up step (which also
-allocates the momentum buffers and, on CUDA, compiles the kernels).
+the weights, which does not change the work. Rounds alternate the two optimizers (so load changes
+on a shared machine hit both); times are medians over the rounds after a first one that allocates
+the momentum buffers and, on CUDA, compiles the kernels.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,28 +53,34 @@ def bench_lars(
         torch.manual_seed(seed)
         model = build_model(name, num_classes=0, device=device)
         params = list(model.parameters())
-        grads = [torch.randn_like(p) * 1e-3 for p in params]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        optimizers = {
+            impl: cls(lars_param_groups(model, weight_decay=1e-6), lr=0.1) for impl, cls in IMPLS.items()
+        }
+        # Rounds alternate the two optimizers, so that load changes on a shared machine hit both.
+        times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+        for _ in range(repeat + 1):
+            for impl, opt in optimizers.items():
+                times[impl].append(time_fn(opt.step, device, warmup=0, repeat=1)["median_s"])
         ours = None
         for impl, cls in IMPLS.items():
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            opt = cls(lars_param_groups(model, weight_decay=1e-6), lr=0.1)
-            timing = time_fn(opt.step, device, warmup=1, repeat=repeat)
+            measured = times[impl][1:]  # the first round allocates momentum buffers (and compiles)
             row = {
                 "model": name,
                 "parameters": sum(p.numel() for p in params),
                 "tensors": len(params),
                 "impl": impl,
                 "path": ("triton" if device.type == "cuda" else "foreach") if cls is LARS else "python loop",
-                "time_s": timing["median_s"],
-                "min_s": timing["min_s"],
+                "time_s": statistics.median(measured),
+                "min_s": min(measured),
             }
             if ours is None:
                 ours = row
             else:
                 row["speedup"] = ratio(row["time_s"], ours["time_s"])
             rows.append(row)
-            del opt
+        del optimizers
     return rows
 
 
