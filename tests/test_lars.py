@@ -105,17 +105,16 @@ def test_lars_matches_reference_five_steps(fused, kernel_device):
     assert opt.state[params[5]]["momentum_buffer"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "triton"])
-def test_lars_on_sk_resnet_matches_reference_optimizer(fused, kernel_device):
+def test_lars_on_sk_resnet_matches_reference_optimizer():
+    """SimCLR's groups on a real SK-ResNet, foreach path (the Triton path is covered above; under
+    the interpreter a whole model costs tens of seconds)."""
     from flashclr.core.models import build_model
 
-    device = kernel_device if fused else torch.device("cpu")
     model = build_model("r18_0.125x_sk1", num_classes=0, proj_dim=16, small_images=True, min_sk_channels=4)
-    model = model.to(device)
     ref = copy.deepcopy(model)
-    opt = LARS(lars_param_groups(model, 1e-3), lr=LR, fused=fused)
+    opt = LARS(lars_param_groups(model, 1e-3), lr=LR, fused=False)
     ref_opt = ReferenceLARS(lars_param_groups(ref, 1e-3), lr=LR)
-    x = torch.randn(6, 3, 16, 16, device=device)
+    x = torch.randn(6, 3, 16, 16)
     for _ in range(3):
         for m, o in ((model, opt), (ref, ref_opt)):
             o.zero_grad()
