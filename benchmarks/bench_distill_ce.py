@@ -53,11 +53,15 @@ def _return_freed_memory_to_the_os() -> None:
         return
     m_mmap_threshold = -3  # from malloc.h
     libc.mallopt(m_mmap_threshold, 1 << 20)
+    libc.malloc_trim(0)  # and hand back what is free now, so the baseline RSS is the live memory
 
 
 def cpu_peak_bytes(fn) -> int | None:
     """Growth of the peak resident set while ``fn`` runs (Linux: writing 5 to clear_refs resets
-    VmHWM to the current VmRSS); None where that is not available."""
+    VmHWM to the current VmRSS); None where that is not available. It first fixes glibc's mmap
+    threshold at 1 MiB for the rest of the process (blocks above 32 MiB are mmapped either way),
+    which makes later allocations of 1-32 MiB fault their pages in: time before calling it."""
+    _return_freed_memory_to_the_os()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
@@ -86,8 +90,6 @@ def bench_distill_ce(
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    if device.type == "cpu":
-        _return_freed_memory_to_the_os()
     grad_size = torch.empty((), dtype=gradient_dtype(dtype)).element_size()
     rows = []
     for n_cols in classes_list:
@@ -105,8 +107,10 @@ def bench_distill_ce(
         common = dict(batch=batch, classes=n_cols, dtype=str(dtype).removeprefix("torch."))
         common.update(temperature=temperature, alpha=alpha, device=str(device))
         common["bytes_moved"] = batch * n_cols * (2 * student.element_size() + grad_size)
+        # Both timings before either peak: the CPU peak changes malloc's behaviour (see cpu_peak_bytes).
+        times = {impl: _times(loss, student, device, warmup, repeat) for impl, loss in losses.items()}
         fused, eager = (
-            {"impl": impl, **common, **_measure(loss, student, device, warmup, repeat)}
+            {"impl": impl, **common, **times[impl], "peak_bytes": _peak(loss, student, device)}
             for impl, loss in losses.items()
         )
         fused["speedup"] = eager["fwd_bwd_s"] / fused["fwd_bwd_s"]
@@ -118,28 +122,31 @@ def bench_distill_ce(
     return rows
 
 
-def _measure(loss_fn, student: torch.Tensor, device: torch.device, warmup: int, repeat: int) -> dict:
-    """Forward time (no gradient), forward + backward time and peak bytes of ``loss_fn(student)``."""
+def _step(loss_fn, student: torch.Tensor):
+    """Forward + backward of ``loss_fn`` on a fresh leaf view of ``student``; returns the gradient."""
+    leaf = student.detach().requires_grad_()
+    loss_fn(leaf).backward()
+    return leaf.grad
+
+
+def _times(loss_fn, student: torch.Tensor, device: torch.device, warmup: int, repeat: int) -> dict:
+    """Forward time (no gradient) and forward + backward time of ``loss_fn(student)``."""
 
     def forward():
         with torch.no_grad():
             loss_fn(student)
 
-    def step():
-        leaf = student.detach().requires_grad_()
-        loss_fn(leaf).backward()
-        return leaf.grad
-
     fwd = time_fn(forward, device, warmup=warmup, repeat=repeat)
-    both = time_fn(step, device, warmup=warmup, repeat=repeat)
+    both = time_fn(lambda: _step(loss_fn, student), device, warmup=warmup, repeat=repeat)
+    return {"forward_s": fwd["median_s"], "fwd_bwd_s": both["median_s"], "fwd_bwd_min_s": both["min_s"]}
+
+
+def _peak(loss_fn, student: torch.Tensor, device: torch.device) -> int | None:
+    """Peak bytes of one forward + backward above what was allocated before."""
     synchronize(device)
-    peak = cuda_peak_bytes(step, device) if device.type == "cuda" else cpu_peak_bytes(step)
-    return {
-        "forward_s": fwd["median_s"],
-        "fwd_bwd_s": both["median_s"],
-        "fwd_bwd_min_s": both["min_s"],
-        "peak_bytes": peak,
-    }
+    if device.type == "cuda":
+        return cuda_peak_bytes(lambda: _step(loss_fn, student), device)
+    return cpu_peak_bytes(lambda: _step(loss_fn, student))
 
 
 def format_rows(rows: list[dict]) -> str:
