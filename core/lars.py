@@ -223,6 +223,12 @@ class LARS(torch.optim.Optimizer):
             id(g): [tuple(p.shape) for p in g["params"]] for g in self.param_groups
         }
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch rebuilds the group dicts: carry the built shapes over, group by group.
+        shapes = [self._shapes.get(id(g), []) for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        self._shapes = {id(g): s for g, s in zip(self.param_groups, shapes, strict=True)}
+
     def register_layout(self, flat: torch.Tensor, layout: SegmentLayout) -> None:
         """Declare ``flat`` (1-D) a sharded tensor cut into parameter pieces by ``layout``."""
         if flat.dim() != 1 or flat.numel() != layout.numel:

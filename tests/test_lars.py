@@ -124,6 +124,26 @@ def test_lars_on_sk_resnet_matches_reference_optimizer():
         torch.testing.assert_close(p, rp, rtol=1e-4, atol=2e-5, msg=name)
 
 
+def test_state_dict_round_trip_continues_exactly():
+    def run(split: bool):
+        torch.manual_seed(3)
+        net = _small_net()
+        opt = LARS(lars_param_groups(net, 1e-2), lr=0.3)
+        x = torch.randn(4, 3, 7, 7)
+        for step in range(4):
+            if split and step == 2:
+                state = copy.deepcopy(opt.state_dict())
+                opt = LARS(lars_param_groups(net, 1e-2), lr=0.3)
+                opt.load_state_dict(state)
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+        return [p.detach() for p in net.parameters()]
+
+    for a, b in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # ---- the fused kernels against float64 ------------------------------------------------------
 
 _KERNEL_SIZES = [(1,), (BLOCK - 1,), (BLOCK,), (2 * BLOCK + 5,), (7, 13), (3, 5, 5, 5)]
