@@ -34,6 +34,7 @@ import datetime
 import json
 import math
 import os
+import resource
 import sys
 import time
 import traceback
@@ -195,14 +196,18 @@ def evaluate(cfg, model, device, dtype, world) -> dict:
 
 
 def report_teacher_memory(teacher, out: str, rank: int, world: int) -> None:
-    """Write OUT/teacher_memory.json: the bytes of teacher parameters each rank holds."""
+    """Write OUT/teacher_memory.json: the bytes of teacher parameters each rank holds, and each
+    rank's peak resident memory so far (teacher built, student not yet trained)."""
     held, whole = teacher_parameter_bytes(teacher.module)
-    gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
-    dist.all_gather(gathered, torch.tensor([float(held)], dtype=torch.float64))
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    gathered = [torch.zeros(2, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor([float(held), float(peak_rss)], dtype=torch.float64))
     if rank == 0:
-        per_rank = [int(t) for t in gathered]
+        per_rank = [int(t[0]) for t in gathered]
+        memory = {"world_size": world, "teacher_bytes": whole, "per_rank_bytes": per_rank}
+        memory["per_rank_peak_rss_bytes"] = [int(t[1]) for t in gathered]
         with open(os.path.join(out, "teacher_memory.json"), "w", encoding="utf-8") as f:
-            json.dump({"world_size": world, "teacher_bytes": whole, "per_rank_bytes": per_rank}, f)
+            json.dump(memory, f)
         print(f"teacher parameters: {whole} bytes in all; held per rank: {per_rank}")
 
 

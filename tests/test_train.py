@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -30,7 +33,7 @@ from flashclr.core.models import build_model
 from flashclr.core.schedule import base_learning_rate, learning_rate
 from flashclr.core.stages import build_stage
 from flashclr.core.syncbn import GlooSyncBatchNorm, convert_sync_batchnorm
-from tests.distributed import REPO_ROOT, run_deepspeed, run_distributed
+from tests.distributed import REPO_ROOT, free_port, run_deepspeed, run_distributed
 from tests.scripts.train_jobs import first_step_batch, first_step_config
 
 TINY = ["--model", "r18_0.25x_sk0", "--small-images", "--image-size", "16", "--no-progress"]
@@ -127,6 +130,38 @@ def test_momentum_memory_queue_and_ema():
     memory.update_network(model)
     torch.testing.assert_close(pm, expected)
     assert not pm.requires_grad
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+class _FakeEngine:
+    """Writes files like DeepSpeed's save_checkpoint; ``die_after`` files, then 'is killed'."""
+
+    def __init__(self, die_after=None):
+        self.die_after = die_after
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        assert save_latest is False  # DeepSpeed's own `latest` file would name unfinished tags
+        os.makedirs(os.path.join(save_dir, tag))
+        for i in range(3):
+            if self.die_after == i:
+                raise KeyboardInterrupt("killed while writing")
+            with open(os.path.join(save_dir, tag, f"part{i}.pt"), "w") as f:
+                f.write(json.dumps(client_state))
+
+
+def test_checkpoint_marker_only_names_complete_checkpoints(tmp_path):
+    ckpt = str(tmp_path)
+    assert checkpoint.latest(ckpt) is None
+    for step in (1, 2, 3):
+        checkpoint.save(_FakeEngine(), ckpt, step, {"step": step}, keep=2)
+    assert checkpoint.latest(ckpt) == {"tag": "step_00000003", "step": 3}
+    assert sorted(os.listdir(ckpt)) == ["latest.json", "step_00000002", "step_00000003"]  # keep=2
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(_FakeEngine(die_after=1), ckpt, 4, {"step": 4}, keep=2)
+    assert checkpoint.latest(ckpt) == {"tag": "step_00000003", "step": 3}  # the half-written 4 is ignored
+    assert not [n for n in os.listdir(ckpt) if ".tmp" in n]
 
 
 # ---- configuration checks (in process) ----------------------------------------------------------
@@ -351,3 +386,43 @@ def test_one_rank_and_export_without_deepspeed(digits, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "(2, 10)"
+
+
+@pytest.mark.slow
+def test_dead_rank_stops_the_others_and_is_named(digits, tmp_path):
+    """SIGKILL rank 1 mid-training: the launcher exits non-zero within a minute, naming rank 1's
+    command, and rank 0 does not hang."""
+    out = tmp_path / "run"
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
+    launcher += ["--master_port", str(free_port())]
+    args = ["--stage", "pretrain", "--data", digits, "--out", str(out), "--batch-size", "8", *TINY]
+    cmd = [*launcher, "train.py", *args, "--max-steps", "100000", "--collective-timeout", "30"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO_ROOT}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.5)
+    spawned = next(
+        line for line in list(lines) if "spawned with command" in line and "--local_rank=1" in line
+    )
+    victim = int(spawned.split("process ")[1].split()[0])
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=5)
+    text = "".join(lines)
+    assert time.monotonic() - killed_at < 60
+    assert proc.returncode != 0
+    assert "'--local_rank=1'" in text.split("exits with return code")[0].splitlines()[-1]
+    assert "exits with return code = -9" in text
