@@ -283,18 +283,15 @@ class LARS(torch.optim.Optimizer):
         return bufs
 
     def _step_plain(self, group: dict, params: list[torch.Tensor]) -> None:
-        bufs = self._buffers(params)
-        grads = [p.grad for p in params]
-        _lars_pieces(
-            params,
-            grads,
-            bufs,
-            group,
-            slots=None,
-            n_slots=len(params),
-            reduce=None,
-            fused=self._use_fused(params[0]),
-        )
+        # One kernel launch (and one stack of norms) serves one dtype on one device: split mixed groups.
+        batches: dict[tuple, list[torch.Tensor]] = {}
+        for p in params:
+            batches.setdefault((p.dtype, p.device), []).append(p)
+        for batch in batches.values():
+            fused = self._use_fused(batch[0])
+            _lars_pieces(
+                batch, [p.grad for p in batch], self._buffers(batch), group, None, len(batch), None, fused
+            )
 
     def _step_flat(self, group: dict, flat: torch.Tensor, layout: SegmentLayout) -> None:
         (buf,) = self._buffers([flat])

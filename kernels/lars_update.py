@@ -14,8 +14,9 @@ can update anything. Two launches cover any number of tensors:
 The pieces are separate tensors (one per parameter, or slices of a flat ZeRO partition). Their
 addresses travel in an int64 table that the kernels turn back into pointers, as apex's
 ``multi_tensor_apply`` does, so one launch serves them all. All pieces of a launch share one dtype
-(fp32, fp16 or bf16); arithmetic is fp32. Cautions: pieces must be contiguous and stay alive until
-the launch finishes; building the address table reads ``data_ptr()`` of each piece in Python.
+(fp32, fp16 or bf16); arithmetic is fp32. Cautions: each piece must be dense (contiguous, or
+channels_last for 4-D weights, with its gradient and momentum laid out alike: the update is
+elementwise, so memory order does not matter) and stay alive until the launch finishes; building the address table reads ``data_ptr()`` of each piece in Python.
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ def _check_pieces(name: str, pieces: list[torch.Tensor], like: list[torch.Tensor
                 f"{name}[{k}]: shape {tuple(t.shape)} {t.dtype} on {t.device} does not match the weight "
                 f"{tuple(w.shape)} {w.dtype} on {w.device}"
             )
-        if not t.is_contiguous():
-            raise ValueError(f"{name}[{k}] must be contiguous")
+        if t.stride() != w.stride():
+            raise ValueError(f"{name}[{k}]: strides {t.stride()} differ from the weight's {w.stride()}")
 
 
 def _tables(ws: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,8 +157,11 @@ def _validate(ws: list[torch.Tensor], gs: list[torch.Tensor]) -> None:
             raise ValueError(f"lars kernels: weight {k} is empty")
     if any(w.dtype != ws[0].dtype or w.device != ws[0].device for w in ws):
         raise ValueError("lars kernels: all tensors of one launch need one dtype and one device")
-    if not all(w.is_contiguous() for w in ws):
-        raise ValueError("lars kernels: weights must be contiguous")
+    for k, w in enumerate(ws):
+        if not (w.is_contiguous() or (w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last))):
+            raise ValueError(
+                f"lars kernels: weight {k} must be contiguous (or channels_last), strides {w.stride()}"
+            )
     _check_pieces("grads", gs, ws)
 
 

@@ -124,6 +124,22 @@ def test_lars_on_sk_resnet_matches_reference_optimizer():
         torch.testing.assert_close(p, rp, rtol=1e-4, atol=2e-5, msg=name)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "triton"])
+def test_group_mixing_fp32_and_bf16(fused, kernel_device):
+    device = kernel_device if fused else torch.device("cpu")
+    a = nn.Parameter(torch.randn(7, device=device))
+    b = nn.Parameter(torch.randn(5, 3, device=device).bfloat16())
+    a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+    want = []
+    for p in (a, b):
+        w, v = p.detach().double().clone(), torch.zeros(p.shape, dtype=torch.float64, device=device)
+        lars_reference_step(w, p.grad.double(), v, LR, MOMENTUM, ETA, 1e-2, False)
+        want.append(w)
+    LARS([a, b], lr=LR, weight_decay=1e-2, fused=fused).step()
+    torch.testing.assert_close(a.detach().double(), want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.detach().double(), want[1], rtol=2e-2, atol=2e-2)
+
+
 def test_state_dict_round_trip_continues_exactly():
     def run(split: bool):
         torch.manual_seed(3)
@@ -182,6 +198,22 @@ def test_lars_update_kernel(dtype, kernel_device):
     for k in range(len(ws)):
         torch.testing.assert_close(vs[k].double(), want_v[k], **tol)
         torch.testing.assert_close(ws[k].double(), want_w[k], **tol)
+
+
+def test_lars_update_kernel_channels_last(kernel_device):
+    """Weights, gradients and momentum in channels_last memory order, as conv weights on GPUs."""
+    w, g, v = (
+        torch.randn(6, 5, 3, 3, device=kernel_device).to(memory_format=torch.channels_last) for _ in range(3)
+    )
+    want_v = 0.9 * v.double() + 0.7 * (g.double() + 0.1 * w.double())
+    want_w = w.double() - want_v
+    sumsq = lars_sumsq([w], [g], weight_decay=0.1)
+    torch.testing.assert_close(sumsq[0, 0].double().cpu(), w.double().square().sum().cpu(), rtol=1e-6, atol=0)
+    lars_update([w], [g], [v], torch.tensor([0.7], device=kernel_device), weight_decay=0.1, momentum=0.9)
+    torch.testing.assert_close(v.double(), want_v, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w.double(), want_w, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="strides"):
+        lars_update([w], [g.contiguous()], [v], torch.tensor([0.7], device=kernel_device), 0.1, 0.9)
 
 
 def test_kernels_reject_bad_input(kernel_device):
