@@ -369,12 +369,8 @@ def _lars_pieces(
         coef = lr * _trust_ratio(_slot_sums(sumsq, slots, n_slots, reduce), group["trust_coefficient"])
         if slots is not None:
             coef = coef[slots]
-        coefs = list(coef.to(ws[0].dtype).unbind())
-        if us is gs:  # never scale the gradients themselves in place
-            us = torch._foreach_mul(gs, coefs)
-        else:
-            torch._foreach_mul_(us, coefs)
-        torch._foreach_add_(vs, us)
+        # v += coef * u without a temporary (the 0-dim coefficients broadcast per tensor).
+        torch._foreach_addcmul_(vs, us, list(coef.to(ws[0].dtype).unbind()))
     torch._foreach_sub_(ws, vs)
 
 
