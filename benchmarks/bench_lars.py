@@ -2,6 +2,9 @@
 
     python benchmarks/bench_lars.py [--models r18_0.5x_sk0 r18_1x_sk0 r50_1x_sk1] [--repeat 5]
 
+On a shared CPU, ``OMP_NUM_THREADS=1`` gives steadier figures (intra-op threads of a step that is
+tens of milliseconds long wait on each other when other processes hold the cores).
+
 Both optimizers take SimCLR's two parameter groups (``lars_param_groups``, weight decay 1e-6)
 and the same gradients; the reference is tests/references_lars.py's ``ReferenceLARS`` (one
 Python iteration and a handful of small kernels per parameter). flashclr's LARS runs
@@ -93,7 +96,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    print(machine_line(machine(device)))
+    print(machine_line(machine(device)) + f"; torch threads {torch.get_num_threads()}")
     rows = bench_lars(args.models, device=device, repeat=args.repeat)
     print(f"{'model':<14}{'params':>12}{'tensors':>9}  {'impl':<20}{'path':<13}{'ms':>10}{'speedup':>9}")
     for r in rows:
