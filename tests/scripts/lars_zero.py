@@ -3,7 +3,8 @@ SK-ResNet under real DeepSpeed engines with ZeRO stages 1, 2 and 3, once with fl
 its ZeRO layout and once with the naive per-tensor reference LARS over DeepSpeed's flat partitions.
 Rank 0 writes the final weights of each run to OUT_DIR/{lars,naive}_stage{s}.pt, and those of
 bf16 runs of a small MLP through DeepSpeed's two bf16 wrappers to OUT_DIR/bf16_stage{0,1}.pt. With
-``--train DATA OUT`` it then runs train.py's pretraining (LARS, configs/ds_zero2.json) for 3 steps.
+``--train DATA OUT`` it then runs train.py's pretraining (LARS, configs/ds_zero2.json) for 3 steps
+into OUT/whole, and for 2 steps then resumed to 3 into OUT/resumed.
 
 The test imports `build_model`, `batch` and the constants from here to compute the unsharded
 single-process reference with the same initial weights and data.
@@ -149,16 +150,18 @@ def main():
         import train
 
         data, out = args.train
-        train.main(
-            ["--stage", "pretrain", "--data", data, "--out", out, "--batch-size", "8", "--max-steps", "3"]
-            + ["--model", "r18_0.25x_sk1", "--small-images", "--image-size", "16", "--no-progress"]
-            + [
-                "--optimizer",
-                "lars",
-                "--deepspeed_config",
-                os.path.join(REPO_ROOT, "configs", "ds_zero2.json"),
-            ]
-        )
+        common = ["--stage", "pretrain", "--data", data, "--batch-size", "8", "--epochs", "0.05"]
+        common += ["--model", "r18_0.25x_sk1", "--small-images", "--image-size", "16", "--no-progress"]
+        common += [
+            "--optimizer",
+            "lars",
+            "--deepspeed_config",
+            os.path.join(REPO_ROOT, "configs", "ds_zero2.json"),
+        ]
+        # An uninterrupted run, and one stopped after 2 steps and resumed from its ZeRO checkpoint.
+        train.main([*common, "--out", f"{out}/whole", "--max-steps", "3"])
+        train.main([*common, "--out", f"{out}/resumed", "--max-steps", "2", "--save-every", "1"])
+        train.main([*common, "--out", f"{out}/resumed", "--max-steps", "3", "--resume"])
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
