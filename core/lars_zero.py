@@ -6,8 +6,9 @@ or per sub-group (stage 3), each holding only this rank's slice. LARS's trust ra
 parameter's whole-tensor norms, so :func:`attach_zero_layout` reads DeepSpeed's partitioning (once,
 after ``deepspeed.initialize``) and registers a :class:`~flashclr.core.lars.SegmentLayout` for each
 flat tensor. At every step LARS then sums per-parameter squared norms over the pieces it holds and
-over the ranks (one ``all_reduce`` of a ``(2, n_params_in_group + 1)`` tensor per flat tensor that
-DeepSpeed steps, i.e. per param group) and applies the unsharded update.
+over the ranks (one ``all_reduce`` of a ``(2, n_params_in_group + 1)`` tensor per flat tensor of
+an adapted group; excluded groups need no norms, so SimCLR's two groups cost one all-reduce per
+step) and applies the unsharded update.
 
 How DeepSpeed 0.19.8 lays the partitions out (``runtime/zero/stage_1_and_2.py``, ``stage3.py``):
 
