@@ -52,11 +52,6 @@ def attach_zero_layout(engine) -> LARS:
     is built, which weight decay turns into a real update, so it is undone here). Stage 0 in fp32
     hands LARS the parameters themselves: nothing to do. Returns the LARS.
     """
-    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
-    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
-    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
-    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
-
     wrapper = engine.optimizer
     lars = wrapper if isinstance(wrapper, LARS) else getattr(wrapper, "optimizer", None)
     if not isinstance(lars, LARS):
@@ -66,6 +61,12 @@ def attach_zero_layout(engine) -> LARS:
         )
     if wrapper is lars:
         return lars
+    # Imported here: the checks above and stage 0 in fp32 need no DeepSpeed (seconds to import).
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
     if isinstance(wrapper, FP16_UnfusedOptimizer):
         _undo_initial_step(wrapper, lars)
         return lars

@@ -252,6 +252,16 @@ def test_lars_rejects_bad_hyperparameters_and_unknown_flat_tensors():
 # ---- sharded flat tensors --------------------------------------------------------------------
 
 
+def test_attach_zero_layout_refuses_other_optimizers():
+    from types import SimpleNamespace
+
+    from flashclr.core.lars_zero import attach_zero_layout
+
+    sgd = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1)
+    with pytest.raises(TypeError, match="not flashclr.core.lars.LARS"):
+        attach_zero_layout(SimpleNamespace(optimizer=SimpleNamespace(optimizer=sgd)))
+
+
 def test_window_pieces_straddling_and_padding():
     spans = [(0, 0, 5), (1, 5, 3), (2, 10, 4)]  # a gap of 2 padding elements at 8..9
     assert window_pieces(spans, 0, 7) == [(-1, 0), (0, 5), (-1, 0), (1, 2), (-1, 0)]
