@@ -65,7 +65,7 @@ def unsharded():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", [*STAGES, *script.VARIANTS])
 def test_lars_under_zero_matches_unsharded(zero_runs, unsharded, stage):
     got, want = zero_runs[f"lars_stage{stage}"], unsharded
     assert got.keys() == want.keys()

@@ -60,8 +60,16 @@ class MlpObjective(nn.Module):
         return self.model(x.to(self.model[1].weight.dtype)).float().square().mean()
 
 
-def _config(stage: int) -> dict:
-    zero = {"stage": stage}
+# Layout variants: several stage-3 sub-groups per param group (one all-reduce each), and stage 2
+# with DeepSpeed's round-robin reordering of each group's parameters.
+VARIANTS = {
+    "3_subgroups": (3, {"sub_group_size": 20000}),
+    "2_round_robin": (2, {"round_robin_gradients": True}),
+}
+
+
+def _config(stage: int, **zero_extra) -> dict:
+    zero = {"stage": stage, **zero_extra}
     if stage == 3:
         zero["stage3_param_persistence_threshold"] = 0  # shard every parameter, small ones included
     return {
@@ -99,7 +107,7 @@ def _run_bf16(stage: int) -> dict:
     return {"wrapper": type(engine.optimizer).__name__, "weights": weights}
 
 
-def _run(stage: int, naive: bool) -> dict:
+def _run(stage: int, naive: bool, **zero_extra) -> dict:
     import deepspeed
 
     from flashclr.core.lars import LARS, lars_param_groups
@@ -109,7 +117,7 @@ def _run(stage: int, naive: bool) -> dict:
     model = build_model()
     groups = lars_param_groups(model, WEIGHT_DECAY)
     optimizer = ReferenceLARS(groups, lr=LR) if naive else LARS(groups, lr=LR)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_config(stage))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=_config(stage, **zero_extra))
     if not naive:
         attach_zero_layout(engine)
     rank = torch.distributed.get_rank()
@@ -142,6 +150,10 @@ def main():
             if torch.distributed.get_rank() == 0:
                 name = f"{'naive' if naive else 'lars'}_stage{stage}.pt"
                 torch.save(weights, os.path.join(args.out_dir, name))
+    for name, (stage, zero_extra) in VARIANTS.items():
+        weights = _run(stage, False, **zero_extra)
+        if torch.distributed.get_rank() == 0:
+            torch.save(weights, os.path.join(args.out_dir, f"lars_stage{name}.pt"))
     for stage in (0, 1):
         result = _run_bf16(stage)
         if torch.distributed.get_rank() == 0:
