@@ -293,10 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     # save
     checkpoint.save(engine, ckpt_dir, step, client_state(cfg, step), cfg.keep_checkpoints)
     results = {"stage": cfg.stage, "step": step}
+    if built.num_classes:
+        results.update(evaluate(cfg, built.model, device, dtype, world))
+    # ZeRO-3 keeps each rank's slice only; its module hooks gather for forwards, not for state_dict.
     zero3 = ds_config["zero_optimization"]["stage"] == 3
     with deepspeed.zero.GatheredParameters(list(built.model.parameters()), enabled=zero3):
-        if built.num_classes:
-            results.update(evaluate(cfg, built.model, device, dtype, world))
         checkpoint.export(built.model, cfg.out, results)
     if rank == 0:
         if built.num_classes:

@@ -38,6 +38,7 @@ from tests.scripts.train_jobs import first_step_batch, first_step_config
 
 TINY = ["--model", "r18_0.25x_sk0", "--small-images", "--image-size", "16", "--no-progress"]
 ZERO0 = os.path.join(REPO_ROOT, "configs", "ds_zero0.json")
+ZERO3 = os.path.join(REPO_ROOT, "configs", "ds_zero3.json")
 
 
 # ---- schedule ---------------------------------------------------------------------------------
@@ -279,6 +280,15 @@ def _eval(run):
         return json.load(f)
 
 
+@torch.no_grad()
+def _val_top1(model, digits):
+    from flashclr.dataio import build_loader
+
+    loader = build_loader("eval", os.path.join(digits, "val"), batch_size=64, image_size=16, num_threads=1)
+    hits = [(model.logits(x).argmax(1) == y).float() for x, y in loader]
+    return torch.cat(hits).mean().item()
+
+
 def _weights(run):
     return checkpoint.read_weights(run)
 
@@ -314,6 +324,8 @@ def test_two_ranks(digits, tmp_path):
                    "--max-steps", "2"]],
         ["train", [*common, "--stage", "distill", "--teacher", f"{t}/ft", "--out", f"{t}/dis",
                    "--max-steps", "2", "--alpha", "0.5", "--label-fraction", "0.1"]],
+        ["train", [*common, "--stage", "finetune", "--init", f"{t}/pre", "--out", f"{t}/ft_zero3",
+                   "--max-steps", "2", "--deepspeed_config", ZERO3]],
         ["train", [*pre, "--out", f"{t}/nan", "--max-steps", "4", "--save-every", "1", "--optimizer", "sgd",
                    "--lr", "1e30"]],
     ]  # fmt: skip
@@ -341,6 +353,10 @@ def test_two_ranks(digits, tmp_path):
     assert memory["world_size"] == 2
     for held in memory["per_rank_bytes"]:
         assert abs(held - memory["teacher_bytes"] / 2) <= 0.01 * memory["teacher_bytes"]
+
+    # a ZeRO-3 student (LARS over its partitions) evaluates and exports whole weights
+    ft_zero3 = checkpoint.load_exported(os.path.join(t, "ft_zero3")).eval()
+    assert _val_top1(ft_zero3, digits) == pytest.approx(_eval(os.path.join(t, "ft_zero3"))["val_top1"])
 
     # resume == uninterrupted (weights, and the metrics of step 3)
     a, b = _weights(os.path.join(t, "pre_a")), _weights(os.path.join(t, "pre_b"))
