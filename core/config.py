@@ -195,6 +195,12 @@ def validate(cfg: TrainConfig, world_size: int, zero_stage: int) -> TrainConfig:
         teacher = read_export_meta(cfg.teacher, "--teacher")
         if not teacher.get("num_classes"):
             raise ConfigError(f"--teacher {cfg.teacher!r} has no classifier: fine-tune it first")
+        classes = sum(e.is_dir() for e in os.scandir(os.path.join(cfg.data, "train")))
+        if teacher["num_classes"] != classes:
+            raise ConfigError(
+                f"--teacher {cfg.teacher!r} predicts {teacher['num_classes']} classes "
+                f"but --data has {classes}"
+            )
         if not 0.0 <= cfg.alpha <= 1.0:
             raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
     if cfg.stage in ("finetune", "linear-eval") or (cfg.stage == "distill" and cfg.alpha < 1.0):

@@ -271,10 +271,3 @@ def teacher_parameter_bytes(teacher: nn.Module) -> tuple[int, int]:
     held = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in teacher.parameters())
     whole = sum(p.ds_numel * p.ds_tensor.element_size() for p in teacher.parameters())
     return held, whole
-
-
-def validate_teacher_classes(meta: dict, num_classes: int, run_dir: str) -> None:
-    if meta["num_classes"] != num_classes:
-        raise ConfigError(
-            f"--teacher {run_dir!r} predicts {meta['num_classes']} classes but --data has {num_classes}"
-        )

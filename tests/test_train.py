@@ -222,6 +222,9 @@ def test_checkpoint_of_another_architecture_is_refused(digits, tmp_path):
     empty.mkdir()
     with pytest.raises(ConfigError, match="missing checkpoint"):
         validate(_cfg(digits, tmp_path, stage="distill", teacher=str(empty)), 1, 0)
+    teacher = _fake_export(tmp_path / "t3", num_classes=3)
+    with pytest.raises(ConfigError, match="predicts 3 classes but --data has 10"):
+        validate(_cfg(digits, tmp_path, stage="distill", teacher=teacher), 1, 0)
 
 
 def test_existing_checkpoints_need_resume(digits, tmp_path):
