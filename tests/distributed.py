@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import queue
 import socket
 import subprocess
@@ -61,7 +62,9 @@ def _worker(rank, world_size, port, fn, args, results, timeout_s):
             "gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
         )
         out = fn(rank, world_size, *args)
-        results.put((rank, True, _to_cpu(out)))
+        # Plain pickle bytes, not tensors: a tensor put on a multiprocessing queue travels as
+        # shared memory that vanishes when this process exits, before the parent may read it.
+        results.put((rank, True, pickle.dumps(_to_cpu(out))))
     except BaseException:  # reported to the parent, which raises it with the rank named
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -99,7 +102,7 @@ def run_distributed(
                     f"distributed run timed out after {timeout_s}s; ranks that answered: {sorted(collected)}"
                 ) from None
             if ok:
-                collected[rank] = payload
+                collected[rank] = pickle.loads(payload)
             else:
                 errors.append(f"rank {rank} failed:\n{payload}")
                 break
