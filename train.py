@@ -99,7 +99,7 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
 
 def train_source(cfg: TrainConfig, classes: int):
     """The training images of the stage: all of train/, or its labelled subset; for distillation
-    with labelled rows, every image with unlabelled ones marked by label + classes (see step())."""
+    with labelled rows, every image with unlabelled ones marked by label + classes (see step_loss)."""
     root = os.path.join(cfg.data, "train")
     labelled = cfg.label_fraction is not None or cfg.label_file is not None
     if cfg.stage in ("finetune", "linear-eval") and labelled:
@@ -122,10 +122,11 @@ def build_optimizer(cfg: TrainConfig, objective: torch.nn.Module, lr: float) -> 
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
-def agreed_batches(n: int) -> int:
-    """Batches per epoch that every rank has (shards may differ by one batch)."""
-    t = torch.tensor([n])
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+def agreed_batches(n: int, device: torch.device, op=dist.ReduceOp.MIN) -> int:
+    """Batches per epoch that every rank has (shards may differ by one batch); ``op=MAX``: the most
+    any rank has. Tensors live on ``device``: NCCL reduces CUDA tensors only."""
+    t = torch.tensor([n], device=device)
+    dist.all_reduce(t, op=op)
     return int(t)
 
 
@@ -184,11 +185,16 @@ def evaluate(cfg, model, device, dtype, world) -> dict:
         seed=cfg.seed,
         num_threads=cfg.num_threads,
     )
+    # Shards may differ by a batch; under ZeRO-3 every forward is collective (parameter gathers),
+    # so a rank with fewer batches runs uncounted forwards until all ranks ran the same number.
+    most = agreed_batches(len(loader), device, dist.ReduceOp.MAX)
     model.eval()
-    counts = torch.zeros(2, dtype=torch.float64)
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
     for images, labels in loader:
         pred = model.logits(images.to(dtype)).argmax(dim=1)
-        counts += torch.tensor([(pred == labels).sum().item(), labels.numel()], dtype=torch.float64)
+        counts += torch.stack([(pred == labels).sum(), torch.tensor(labels.numel(), device=device)])
+    for _ in range(most - len(loader)):
+        model.logits(torch.zeros(1, 3, cfg.image_size, cfg.image_size, dtype=dtype, device=device))
     dist.all_reduce(counts)
     model.train()
     return {"val_top1": counts[0].item() / counts[1].item(), "val_images": int(counts[1].item())}
@@ -199,8 +205,11 @@ def report_teacher_memory(teacher, out: str, rank: int, world: int) -> None:
     rank's peak resident memory so far (teacher built, student not yet trained)."""
     held, whole = teacher_parameter_bytes(teacher.module)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    gathered = [torch.zeros(2, dtype=torch.float64) for _ in range(world)]
-    dist.all_gather(gathered, torch.tensor([float(held), float(peak_rss)], dtype=torch.float64))
+    device = next(teacher.module.parameters()).device
+    gathered = [torch.zeros(2, dtype=torch.float64, device=device) for _ in range(world)]
+    dist.all_gather(
+        gathered, torch.tensor([float(held), float(peak_rss)], dtype=torch.float64, device=device)
+    )
     if rank == 0:
         per_rank = [int(t[0]) for t in gathered]
         memory = {"world_size": world, "teacher_bytes": whole, "per_rank_bytes": per_rank}
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         color_strength=cfg.color_strength,
     )
     built = build_stage(cfg, classes, world, device)
-    steps_per_epoch = agreed_batches(len(loader))
+    steps_per_epoch = agreed_batches(len(loader), device)
     if steps_per_epoch == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set of {cfg.data!r}")
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
