@@ -18,11 +18,12 @@ Launch it the way DeepSpeed programs are launched (``--batch-size`` is the GLOBA
     deepspeed --num_gpus 8 train.py --stage linear-eval --init runs/pre --data /imagenet \\
         --out runs/lin --batch-size 4096 --epochs 90 --deepspeed_config configs/ds_zero0.json
 
-Without a GPU, ``deepspeed --num_gpus 2 train.py ...`` runs 2 CPU ranks on gloo in fp32 (the
-configs' ``"bf16": {"enabled": "auto"}`` turns bf16 on only with CUDA). ``--resume`` continues a run
-from the last complete checkpoint in ``--out``. Each run directory ends with ``model.safetensors``
-+ ``model.json`` (load with ``flashclr.core.checkpoint.load_exported``, no DeepSpeed needed),
-``metrics.jsonl``, ``metrics.png`` and, for stages with a classifier, ``eval.json``.
+``python train.py ...`` runs one process. Without a GPU, ``deepspeed --num_gpus 2 train.py ...``
+runs 2 CPU ranks on gloo in fp32 (the configs' ``"bf16": {"enabled": "auto"}`` turns bf16 on only
+with CUDA). ``--resume`` continues a run from the last complete checkpoint in ``--out``. Each run
+directory ends with ``model.safetensors`` + ``model.json`` (load with
+``flashclr.core.checkpoint.load_exported``, no DeepSpeed needed), ``metrics.jsonl``,
+``metrics.png`` and, for stages with a classifier, ``eval.json``.
 ``make demo`` runs all of it on the embedded digits.
 
 The file reads top to bottom: arguments, build, loop, save.
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import resource
+import socket
 import sys
 import time
 import traceback
@@ -84,6 +86,14 @@ def configure(argv: list[str] | None) -> tuple[TrainConfig, dict]:
 def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     """Process group with a collective timeout: if a rank dies, the others stop instead of hanging."""
     cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        # `python train.py ...` without a launcher: one process (DeepSpeed would try MPI discovery).
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
     deepspeed.init_distributed(
         dist_backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.collective_timeout)
     )
