@@ -49,7 +49,9 @@ class TrainConfig:
     out: str = _opt(None, "run directory: checkpoints, metrics, plot, exported model", required=True)
     model: str | None = _opt(None, "r{depth}_{width}x_sk{0|1}; default: the --init checkpoint's model")
     init: str | None = _opt(
-        None, "run directory of the previous stage to start from, or 'random' (finetune, linear-eval)"
+        None,
+        "run directory of the previous stage to start from (its stem and head sizes are used), "
+        "or 'random' (finetune, linear-eval)",
     )
     teacher: str | None = _opt(None, "distill: run directory of the fine-tuned teacher")
     epochs: float = _opt(1.0, "training length in epochs (fractions allowed)")
@@ -189,6 +191,10 @@ def validate(cfg: TrainConfig, world_size: int, zero_stage: int) -> TrainConfig:
             f"--init {cfg.init!r} is a checkpoint of another architecture: {init_meta['name']}, "
             f"but --model is {cfg.model}"
         )
+    if init_meta is not None:
+        # The stem and the head are part of the checkpoint's architecture too.
+        cfg.small_images = bool(init_meta["small_images"])
+        cfg.proj_layers, cfg.proj_dim = init_meta["proj_layers"], init_meta["proj_dim"]
     if cfg.stage == "distill":
         if cfg.teacher is None:
             raise ConfigError("--stage distill needs --teacher: the fine-tuned teacher's run directory")

@@ -229,7 +229,8 @@ def test_checkpoint_of_another_architecture_is_refused(digits, tmp_path):
     with pytest.raises(ConfigError, match="another architecture: r18_0.5x_sk0"):
         validate(cfg, 1, 0)
     cfg = _cfg(digits, tmp_path, stage="finetune", init=run, model=None)
-    assert validate(cfg, 1, 0).model == "r18_0.5x_sk0"  # taken from the checkpoint
+    cfg = validate(cfg, 1, 0)
+    assert (cfg.model, cfg.small_images) == ("r18_0.5x_sk0", True)  # taken from the checkpoint
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="missing checkpoint"):
