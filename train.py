@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from flashclr.core import checkpoint
+from flashclr.core import checkpoint, peers
 from flashclr.core.config import ConfigError, TrainConfig, deepspeed_config, parse_args, validate
 from flashclr.core.lars import LARS, lars_param_groups
 from flashclr.core.lars_zero import attach_zero_layout
@@ -98,6 +98,9 @@ def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
         dist_backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.collective_timeout)
     )
     rank, world = dist.get_rank(), dist.get_world_size()
+    # The launcher names the wrong rank when one dies (see core/peers.py): the survivors do it.
+    peers.record_peers()
+    peers.exit_on_sigterm(rank)
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     elif "OMP_NUM_THREADS" not in os.environ:
@@ -328,8 +331,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run() -> int:
-    """Exit codes: 0 done, 2 bad configuration, 3 non-finite loss, 1 anything else. Every failure
-    prints its rank, so the rank that failed is named even when the launcher only reports a pid."""
+    """Exit codes: 0 done, 2 bad configuration, 3 non-finite loss, 1 anything else, 143 stopped by
+    SIGTERM. Every failure prints its rank and which ranks on its host are gone, so the rank that
+    failed is named even when it was killed and the launcher names another."""
     rank = os.environ.get("RANK", "0")
     try:
         main()
@@ -341,7 +345,8 @@ def run() -> int:
         print(f"train.py [rank {rank}]: {e}", file=sys.stderr, flush=True)
         return 3
     except Exception:
-        print(f"train.py [rank {rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        detail = f"{traceback.format_exc()}({peers.describe_gone_peers()})"
+        print(f"train.py [rank {rank}] failed:\n{detail}", file=sys.stderr, flush=True)
         return 1
     return 0
 
