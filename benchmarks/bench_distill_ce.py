@@ -7,8 +7,8 @@ The reference is ``tests.references.distill_ce_reference`` in the input dtype: l
 student, softmax of the teacher, their product summed over classes, mean over rows (plus
 ``F.cross_entropy`` when α < 1), differentiated by autograd. For each class count it times the
 forward and the forward + backward of both (median of ``repeat``), and the peak memory of forward +
-backward above the inputs: on the CPU the growth of the process's peak resident set (Linux
-``/proc/self/clear_refs``), on CUDA ``torch.cuda.max_memory_allocated``. The gradient of the
+backward above the inputs: on the CPU the most bytes torch's allocator held
+(``benchmarks.timing.cpu_peak_bytes``), on CUDA ``torch.cuda.max_memory_allocated``. The gradient of the
 student, B×C in the input dtype, is part of both peaks.
 
 Bytes moved (the GPU bandwidth figure): read both logits and write the gradient, B·C·(2·size + the
@@ -18,7 +18,6 @@ gradient's size); the fused kernel reads the logits a second time for C > 4096, 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import sys
 
@@ -27,49 +26,12 @@ import torch
 if __package__ in (None, ""):  # run as a script: `benchmarks` and `tests` import from the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.timing import cuda_peak_bytes, synchronize, time_fn  # noqa: E402
+from benchmarks.timing import cpu_peak_bytes, cuda_peak_bytes, synchronize, time_fn  # noqa: E402
 from flashclr.kernels import distill_ce  # noqa: E402
 from flashclr.kernels.distill_ce import gradient_dtype  # noqa: E402
 from tests.references import distill_ce_reference as eager_loss  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _return_freed_memory_to_the_os() -> None:
-    """glibc keeps freed blocks below its (self-raising) mmap threshold resident, so a second run
-    would reuse them and show no peak: a fixed 1 MiB threshold sends every bigger block back to
-    the OS on free. No effect elsewhere."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3  # from malloc.h
-    libc.mallopt(m_mmap_threshold, 1 << 20)
-    libc.malloc_trim(0)  # and hand back what is free now, so the baseline RSS is the live memory
-
-
-def cpu_peak_bytes(fn) -> int | None:
-    """Growth of the peak resident set while ``fn`` runs (Linux: writing 5 to clear_refs resets
-    VmHWM to the current VmRSS); None where that is not available. It first fixes glibc's mmap
-    threshold at 1 MiB for the rest of the process (blocks above 32 MiB are mmapped either way),
-    which makes later allocations of 1-32 MiB fault their pages in: time before calling it."""
-    _return_freed_memory_to_the_os()
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        base = _rss_kib("VmRSS")
-    except OSError:
-        return None
-    fn()
-    return (_rss_kib("VmHWM") - base) * 1024
 
 
 def bench_distill_ce(
@@ -107,7 +69,7 @@ def bench_distill_ce(
         common = dict(batch=batch, classes=n_cols, dtype=str(dtype).removeprefix("torch."))
         common.update(temperature=temperature, alpha=alpha, device=str(device))
         common["bytes_moved"] = batch * n_cols * (2 * student.element_size() + grad_size)
-        # Both timings before either peak: the CPU peak changes malloc's behaviour (see cpu_peak_bytes).
+        # Both timings before either peak: the profiler that measures the CPU peak slows what it watches.
         times = {impl: _times(loss, student, device, warmup, repeat) for impl, loss in losses.items()}
         fused, eager = (
             {"impl": impl, **common, **times[impl], "peak_bytes": _peak(loss, student, device)}

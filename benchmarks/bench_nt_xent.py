@@ -6,11 +6,11 @@
 For each 2N it times forward + backward (``loss.backward()`` with z1, z2 requiring grad) of
 ``flashclr.kernels.nt_xent`` (backend "torch") and of ``tests.references.nt_xent_reference`` in
 fp32, eager and ``torch.compile``d (compiled once at that size before timing), and records the peak
-memory of one call: the process's resident set size sampled every millisecond during the call,
-minus the RSS just before it (large CPU tensors are mmapped and returned on free, so the figure is
-the call's own working set). The ratio columns are reference time / ours and reference memory /
-ours. FLOP count: 2N·2N·D multiply-adds for the forward, two more for the backward, 6·(2N)²·D
-FLOP in all (fixed, so a path that exploits the symmetry of S shows as faster, not as fewer FLOP).
+memory of one more call: the most bytes torch's CPU allocator held during it above what it held
+before (``benchmarks.timing.cpu_peak_bytes``; the inputs are not in it, their gradients are). The
+ratio columns are reference time / ours and reference memory / ours. FLOP count: 2N·2N·D
+multiply-adds for the forward, two more for the backward, 6·(2N)²·D FLOP in all (fixed, so a path
+that exploits the symmetry of S shows as faster, not as fewer FLOP).
 
 The naive reference writes (2N)² floats several times: 2N = 32768 needs ~13 GB, so it only runs up
 to ``--naive-max`` (default 16384); ``--big`` runs ours alone at a size the naive path cannot hold.
@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,41 +30,9 @@ if REPO not in sys.path:  # run as a script: `tests` imports from the repo root
 
 import torch  # noqa: E402
 
+from benchmarks.timing import cpu_peak_bytes  # noqa: E402
 from flashclr.kernels.nt_xent import nt_xent  # noqa: E402
 from tests.references import nt_xent_reference  # noqa: E402
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
-class _PeakRss:
-    """Highest RSS seen while the block runs, sampled every millisecond by a thread."""
-
-    def __enter__(self):
-        self.start = _rss()
-        self.peak = self.start
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def extra_bytes(self) -> int:
-        return self.peak - self.start
 
 
 def _implementations(temperature: float):
@@ -114,14 +81,14 @@ def bench_nt_xent(
                 continue
             if warmup:
                 _run_once(fn, z1, z2)  # warm-up (and compile)
-            with _PeakRss() as mem:
-                times = [_run_once(fn, z1, z2) for _ in range(repeat)]
+            times = [_run_once(fn, z1, z2) for _ in range(repeat)]
+            z1.grad = z2.grad = None  # freed before the peak is watched, not inside it
             row = {
                 "two_n": two_n,
                 "d": d,
                 "impl": name,
                 "time_s": statistics.median(times),
-                "peak_bytes": mem.extra_bytes,
+                "peak_bytes": cpu_peak_bytes(lambda fn=fn, a=z1, b=z2: _run_once(fn, a, b)),
                 "gflops": 6 * two_n**2 * d / statistics.median(times) / 1e9,
             }
             if ours is None:

@@ -139,7 +139,7 @@ def run_nt_xent(ctx: Context) -> Table:
         from benchmarks.bench_nt_xent import bench_nt_xent
 
         rows, reading = _sampled(ctx, bench_nt_xent, **_kwargs_for(bench_nt_xent, sizes))
-        notes.append("CPU: wall clock; peak = resident-set growth during the call (bench_nt_xent.py).")
+        notes.append("CPU: wall clock; peak = torch CPU allocator peak in the call (timing.cpu_peak_bytes).")
     out = _side_by_side(rows, ("two_n", "d", "dtype"), {"two_n": "n2"})
     for r in out:
         fused = r.pop("fused_row", None) or {}
@@ -231,7 +231,7 @@ def run_distill_ce(ctx: Context) -> Table:
     notes = [
         "forward + backward (ms columns); eager = tests/references.py distill_ce_reference "
         "(log_softmax + softmax + sum) in the logits' dtype; τ = 1, α = 1; peak memory above the inputs "
-        "(CPU: peak resident-set growth; GPU: max_memory_allocated); GB/s counts reading both logits "
+        "(CPU: torch allocator peak; GPU: max_memory_allocated); GB/s counts reading both logits "
         "and writing the gradient (bench_distill_ce.py).",
     ]
     return Table(

@@ -6,7 +6,10 @@ work took, not the time to queue it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -76,3 +79,47 @@ def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int | Non
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes held by torch's CPU allocator while ``fn`` runs, above what it held before.
+
+    Read from the profiler's allocator events (``profile_memory=True``): every allocation and free
+    of a CPU tensor, in order, whichever thread made it, compiled (inductor) code included. Unlike
+    the process's resident set, it does not depend on whether malloc hands freed blocks back to the
+    OS or reuses them, so a second call shows the same peak as the first. Memory that is not a torch
+    tensor (Python objects, the compiler's own) is not in it. The profiler slows ``fn``: never time
+    the same call.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # kineto prints a line to fd 2 at start and at stop
+        prof.start()
+    try:
+        fn()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    held = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        if e.device_type() == torch.autograd.DeviceType.CPU:
+            held += e.nbytes()
+            peak = max(peak, held)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null for the block (C++ code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)

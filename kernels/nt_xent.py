@@ -21,7 +21,10 @@ Backward: recompute the tiles. With g_i = dloss/dl_i and P_ij = exp(s_ij - lse_i
     dL/dz_k = (1/τ) [ Σ_{j ≠ k} (g_k P_kj + g_j P_jk) z_j + Σ_m g_k P_km n_m - 2 g_k z_{p(k)} ]
 
 and S is symmetric, so P_jk = exp(s_kj - lse_j): one pass per row block that reads the row and the
-column logsumexps gives the full gradient, with no atomics and no pass over the transpose. The
+column logsumexps gives the full gradient, with no atomics and no pass over the transpose. With
+the fixed maximum m = 1/τ both terms share one exponential, P_kj g_k + P_jk g_j =
+e^(s_kj - m) (c_k + c_j) with c = g e^(m - lse) precomputed per row: at D = 128 the exponential
+unit, not the tensor cores, is the bottleneck of this loop (as in FlashAttention-3). The
 positive terms are O(N·D) and done in torch, as is the backward through the normalisation.
 Distributed, the same formula with the gathered logsumexps and per-rank g gives each rank the
 gradient of its own rows summed over every rank's loss, without communicating any gradient.
@@ -261,6 +264,7 @@ def _nt_xent_bwd_kernel(
     neg_stride,
     acc_stride,
     scale,
+    FIXED_MAX: tl.constexpr,
     UPCAST: tl.constexpr,
     SINGLE_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -269,10 +273,17 @@ def _nt_xent_bwd_kernel(
 ):
     """acc_k = Σ_{j ≠ k} (g_k P_kj + g_j P_jk) z_j + Σ_m g_k P_km neg_m for a block of anchors.
 
-    z_ptr, neg_ptr, n_*, row_start, strides and scale as in the forward kernel.
+    z_ptr, neg_ptr, n_*, row_start, strides, scale and FIXED_MAX as in the forward kernel.
     lse_ptr, g_ptr: (n_cols,) fp32 logsumexp and loss weight of every column's own row (S is
     symmetric, so P_jk = exp(s_kj - lse_j)). acc_ptr: (n_rows, dim) fp32 output, ``acc_stride``.
     Grid: (cdiv(n_rows, BLOCK_M), cdiv(dim, BLOCK_D)); axis 1 picks the output column chunk.
+
+    FIXED_MAX factors both exponentials through the bound m = 1/τ (base 2: ``scale``):
+    g_k 2^(t - lse_k) + g_j 2^(t - lse_j) = 2^(t - m) (c_k + c_j) with c = g e^(1/τ - lse),
+    so each element costs one exponential instead of two (the exponential unit, not the tensor
+    cores, bounds this loop at D = 128). g_ptr then holds c, computed once per column by the
+    launch helper, and lse_ptr is not read. Range: t - m ≥ -2m and m - lse ≤ 2m - log2(C - 1),
+    and for τ ≥ 1/40 (the forward's condition) 2^(±2m) stays within fp32's normal range.
     """
     tl.static_assert(BLOCK_D >= 16)
     pid = tl.program_id(0)
@@ -284,8 +295,9 @@ def _nt_xent_bwd_kernel(
     d_mask = offs_d < dim
     # 1. the anchors' own base-2 logsumexp and weight.
     # Masked lanes read lse = +inf, so their 2^(t - lse) is 0 instead of an overflow.
-    lse_r = tl.load(lse_ptr + z_rows, mask=row_mask, other=float("inf")) * 1.4426950408889634
-    g_r = tl.load(g_ptr + z_rows, mask=row_mask, other=0.0)
+    g_r = tl.load(g_ptr + z_rows, mask=row_mask, other=0.0)  # with FIXED_MAX: c_k
+    if not FIXED_MAX:
+        lse_r = tl.load(lse_ptr + z_rows, mask=row_mask, other=float("inf")) * 1.4426950408889634
     # The anchors' chunk of D: with SINGLE_D it is all of D, loaded once for every score tile.
     a = tl.load(
         z_ptr + z_rows[:, None] * z_stride + offs_d[None, :],
@@ -304,9 +316,12 @@ def _nt_xent_bwd_kernel(
             UPCAST, SINGLE_D, BLOCK_M, BLOCK_N, BLOCK_D,
         )  # fmt: skip
         t = t * scale
-        lse_c = tl.load(lse_ptr + cols, mask=col_mask, other=float("inf")) * 1.4426950408889634
         g_c = tl.load(g_ptr + cols, mask=col_mask, other=0.0)
-        w = g_r[:, None] * tl.exp2(t - lse_r[:, None]) + g_c[None, :] * tl.exp2(t - lse_c[None, :])
+        if FIXED_MAX:
+            w = tl.exp2(t - scale) * (g_r[:, None] + g_c[None, :])
+        else:
+            lse_c = tl.load(lse_ptr + cols, mask=col_mask, other=float("inf")) * 1.4426950408889634
+            w = g_r[:, None] * tl.exp2(t - lse_r[:, None]) + g_c[None, :] * tl.exp2(t - lse_c[None, :])
         valid = row_mask[:, None] & col_mask[None, :] & (cols[None, :] != z_rows[:, None])
         w = tl.where(valid, w, 0.0)
         acc = tl.dot(w.to(zc.dtype), zc, acc)
@@ -319,7 +334,11 @@ def _nt_xent_bwd_kernel(
             UPCAST, SINGLE_D, BLOCK_M, BLOCK_N, BLOCK_D,
         )  # fmt: skip
         t = t * scale
-        w = tl.where(row_mask[:, None] & col_mask[None, :], g_r[:, None] * tl.exp2(t - lse_r[:, None]), 0.0)
+        if FIXED_MAX:
+            p = tl.exp2(t - scale) * g_r[:, None]
+        else:
+            p = g_r[:, None] * tl.exp2(t - lse_r[:, None])
+        w = tl.where(row_mask[:, None] & col_mask[None, :], p, 0.0)
         acc = tl.dot(w.to(nc.dtype), nc, acc)
     # 4. store the fp32 accumulator.
     tl.store(
@@ -412,10 +431,11 @@ def nt_xent_triton_backward(
     """Launch the backward kernel; returns the (n_rows, D) fp32 accumulator (see the kernel),
     written into ``out`` (contiguous) when given.
 
-    lse, g: (C,) fp32 per column of z. ``fixed_max`` is unused: with the logsumexps known, every
-    P_ij ≤ 1 and no maximum is needed.
+    lse, g: (C,) fp32 per column of z. ``fixed_max``: factor the exponentials through the bound
+    1/τ, one per element instead of two (see the kernel); the forward's condition holds for it.
     """
-    del fixed_max
+    if fixed_max:
+        g = (g * torch.exp(inv_tau - lse)).contiguous()  # (C,) c_j = g_j e^(1/τ - lse_j)
     n_cols, dim = z.shape
     neg = z if negatives is None else negatives
     n_neg = 0 if negatives is None else negatives.shape[0]
@@ -437,6 +457,7 @@ def nt_xent_triton_backward(
         neg.stride(0),
         acc.stride(0),
         inv_tau * LOG2E,
+        FIXED_MAX=fixed_max,
         UPCAST=_upcast(z.dtype),
         SINGLE_D=dim <= block_d,
         BLOCK_M=block_m,
@@ -659,10 +680,10 @@ def _aot_spec(kernel: str, dtype: str, fixed_max: bool = True) -> dict:
         fn = _nt_xent_bwd_kernel
         pointers = {"z_ptr": ptr, "neg_ptr": ptr, "lse_ptr": "*fp32", "g_ptr": "*fp32", "acc_ptr": "*fp32"}
         strides = {"z_stride": "i32", "neg_stride": "i32", "acc_stride": "i32"}
-        constexprs = {"UPCAST": False, "SINGLE_D": True, **blocks}
+        constexprs = {"FIXED_MAX": fixed_max, "UPCAST": False, "SINGLE_D": True, **blocks}
     signature = {**pointers, **common, **strides, "scale": "fp32", **dict.fromkeys(constexprs, "constexpr")}
     return {
-        "name": f"nt_xent_{kernel}" + ("" if kernel == "bwd" or fixed_max else "_online"),
+        "name": f"nt_xent_{kernel}" + ("" if fixed_max else "_online"),
         "fn": fn,
         "signature": signature,
         "constexprs": constexprs,
@@ -678,6 +699,7 @@ AOT_SPECS = [
     _aot_spec("fwd", "bf16"),
     _aot_spec("fwd", "bf16", fixed_max=False),
     _aot_spec("bwd", "bf16"),
+    _aot_spec("bwd", "bf16", fixed_max=False),
     _aot_spec("fwd", "fp16"),
     _aot_spec("bwd", "fp16"),
     _aot_spec("fwd", "fp32"),
