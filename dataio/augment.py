@@ -20,7 +20,7 @@ The SimCLR v2 chain (paper appendix A / official ``data_util.py``), for colour s
   official ``kernel_size = side // 10`` made odd (23 taps at 224 px, 3 at 32 px), cut to
   ``2 * ceil(3 sigma) + 1`` taps when that is shorter: the taps dropped hold under 0.3% of the
   Gaussian's mass (below one grey level on 8-bit data) and the cut makes DALI's CPU blur about
-  3x cheaper on average. A view that is not blurred gets a 1-tap window (identity).
+  3x cheaper on average. A view that is not blurred is not passed through the blur at all.
 """
 
 from __future__ import annotations
@@ -61,6 +61,23 @@ def blur_args(params: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     cut = 2 * np.ceil(3 * sigma) + 1
     window = np.where(sigma > 0, np.minimum(cut, blur_window(side)), 1).astype(np.int32)
     return window, np.where(sigma > 0, sigma, 1.0).astype(np.float32)
+
+
+IDENTITY_COLOUR = np.array([1.0, 1.0, 1.0, 0.0], dtype=np.float32)  # brightness, contrast, saturation, hue
+
+
+def view_inputs(params: np.ndarray, side: int) -> tuple[np.ndarray, ...]:
+    """What the pretraining pipeline reads for each view besides ``params`` (B, N_PARAMS):
+    ``(window, sigma, blurred, coloured)``, the blur arguments and two (B,) bool predicates.
+
+    The pipeline skips ``gaussian_blur`` for views that are not blurred (half of them) and
+    ``color_twist`` for views with neither jitter nor grayscale (16%), through DALI conditionals:
+    those operators cost as much on an identity view as on any other.
+    """
+    window, sigma = blur_args(params, side)
+    blurred = params[:, SIGMA] > 0
+    coloured = (params[:, BRIGHTNESS : HUE + 1] != IDENTITY_COLOUR).any(axis=1)
+    return window, sigma, blurred, coloured
 
 
 def batch_rng(seed: int, epoch: int, shard_id: int, batch_index: int, stage: str) -> np.random.Generator:

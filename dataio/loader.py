@@ -125,9 +125,9 @@ class _EpochSource:
                     encoded,
                     labels,
                     p1,
-                    *augment.blur_args(p1, self.size),
+                    *augment.view_inputs(p1, self.size),
                     p2,
-                    *augment.blur_args(p2, self.size),
+                    *augment.view_inputs(p2, self.size),
                 )
             else:
                 yield encoded, labels, augment.crop_flip_params(rng, sizes)

@@ -7,15 +7,18 @@ runs where its input lives, so the GPU pipeline augments on the GPU with the sam
 
 Per view: ``resize`` of the crop window (relative ROI; a mirrored window flips) to size×size;
 pretrain only: ``color_twist`` (jitter + grayscale, uint8, so values clamp to 0..255 as the
-official code clamps) and ``gaussian_blur`` (per-view window and sigma, float output); then
-``crop_mirror_normalize`` to float, normalised with the ImageNet mean and std, written directly
-in the layout the trainer asked for: CHW, or HWC for channels_last (the iterator then only
-permutes the view), so no extra copy is made in Python.
+official code clamps) and ``gaussian_blur`` (per-view window and sigma, uint8 as PIL's), each
+only for the views that need it (DALI conditionals on per-view predicates: an identity view costs
+either operator as much as any other); then ``crop_mirror_normalize`` to float, normalised with
+the ImageNet mean and std, written directly in the layout the trainer asked for: CHW, or HWC for
+channels_last (the iterator then only permutes the view), so no extra copy is made in Python.
 
-Measured on the 2-core dev machine (CPU time per image, two 224-px views, under load): decode
-0.5 ms, two resizes 1.2 ms, ``color_twist`` 1.8 ms per view in uint8, the cut blur window
-(augment.py) ~2x cheaper than the official 23 taps; blurring on the batch in torch instead
-(grouped separable conv) cost 3.3 ms per view, more than DALI's own blur with the cut window.
+Measured on the 2-core dev machine (CPU time per image, two 224-px views): decode 0.5 ms, two
+resizes 1.2 ms, ``color_twist`` 1.8 ms per view in uint8, the cut blur window (augment.py) ~2x
+cheaper than the official 23 taps; blurring on the batch in torch instead (grouped separable
+conv) cost 3.3 ms per view, more than DALI's own blur with the cut window. Skipping the identity
+views raised the loader's rate with 2 threads from 1.16–1.39× to 1.48–1.57× the PIL reference's
+(``benchmarks/bench_dataio.py``, idle machine).
 Eval: resize the shorter side to 1.14×size (official: centre crop of 87.5%), centre crop.
 
 Outputs (names are the iterator's output map):
@@ -52,9 +55,9 @@ def _normalize(images, layout: str, **crop):
     )
 
 
-def _view(images, params, size: int, layout: str, blur=None):
-    """One view: crop window (+ flip) -> [colour twist -> blur, when ``blur`` = (window, sigma)]
-    -> normalise."""
+def _view(images, params, size: int, layout: str, extra=None):
+    """One view: crop window (+ flip) -> [colour twist if coloured -> blur if blurred, when
+    ``extra`` = (window, sigma, blurred, coloured) of augment.view_inputs] -> normalise."""
     out = fn.resize(
         images,
         size=(size, size),
@@ -62,28 +65,31 @@ def _view(images, params, size: int, layout: str, blur=None):
         roi_end=params[2:4],
         roi_relative=True,
     )
-    if blur is not None:
-        out = fn.color_twist(
-            out,
-            brightness=params[augment.BRIGHTNESS],
-            contrast=params[augment.CONTRAST],
-            saturation=params[augment.SATURATION],
-            hue=params[augment.HUE],
-        )
-        out = fn.gaussian_blur(out, window_size=blur[0], sigma=blur[1], dtype=types.FLOAT)
+    if extra is not None:
+        window, sigma, blurred, coloured = extra
+        if coloured:  # DALI conditional: only the views it holds for run the operator
+            out = fn.color_twist(
+                out,
+                brightness=params[augment.BRIGHTNESS],
+                contrast=params[augment.CONTRAST],
+                saturation=params[augment.SATURATION],
+                hue=params[augment.HUE],
+            )
+        if blurred:
+            out = fn.gaussian_blur(out, window_size=window, sigma=sigma)
     return _normalize(out, layout)
 
 
-@pipeline_def(enable_conditionals=False)
+@pipeline_def(enable_conditionals=True)
 def stage_pipeline(source, stage: str, size: int, decoder: str, layout: str = "CHW"):
     """The DALI graph of ``stage``; ``decoder`` is "cpu" or "mixed" (nvJPEG, then GPU operators);
     ``layout`` of the images: "CHW" or "HWC".
 
     ``source`` is an iterable whose batches are tuples: (bytes, labels) for eval, (bytes, labels,
-    params) for finetune/distill, (bytes, labels, params1, window1, sigma1, params2, window2,
-    sigma2) for pretrain (augment.py makes them).
+    params) for finetune/distill, (bytes, labels, params1, window1, sigma1, blurred1, coloured1,
+    params2, window2, sigma2, blurred2, coloured2) for pretrain (augment.py makes them).
     """
-    n_out = {"pretrain": 8, "eval": 2}.get(stage, 3)
+    n_out = {"pretrain": 12, "eval": 2}.get(stage, 3)
     inputs = fn.external_source(source=source, num_outputs=n_out, batch=True, cycle="raise", parallel=False)
     images = fn.decoders.image(inputs[0], device=decoder, output_type=types.RGB)
     label = inputs[1]
@@ -91,7 +97,7 @@ def stage_pipeline(source, stage: str, size: int, decoder: str, layout: str = "C
         images = fn.resize(images, resize_shorter=round(EVAL_RESIZE * size))
         return _normalize(images, layout, crop=(size, size)), label
     if stage == "pretrain":
-        view1 = _view(images, inputs[2], size, layout, blur=(inputs[3], inputs[4]))
-        view2 = _view(images, inputs[5], size, layout, blur=(inputs[6], inputs[7]))
+        view1 = _view(images, inputs[2], size, layout, extra=tuple(inputs[3:7]))
+        view2 = _view(images, inputs[7], size, layout, extra=tuple(inputs[8:12]))
         return view1, view2, label
     return _view(images, inputs[2], size, layout), label
