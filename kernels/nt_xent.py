@@ -23,8 +23,8 @@ Backward: recompute the tiles. With g_i = dloss/dl_i and P_ij = exp(s_ij - lse_i
 and S is symmetric, so P_jk = exp(s_kj - lse_j): one pass per row block that reads the row and the
 column logsumexps gives the full gradient, with no atomics and no pass over the transpose. With
 the fixed maximum m = 1/τ both terms share one exponential, P_kj g_k + P_jk g_j =
-e^(s_kj - m) (c_k + c_j) with c = g e^(m - lse) precomputed per row: at D = 128 the exponential
-unit, not the tensor cores, is the bottleneck of this loop (as in FlashAttention-3). The
+e^(s_kj - m/2) (c_k + c_j) with c = g e^(m/2 - lse) precomputed per row: at D = 128 the
+exponential unit, not the tensor cores, is the bottleneck of this loop (as in FlashAttention-3). The
 positive terms are O(N·D) and done in torch, as is the backward through the normalisation.
 Distributed, the same formula with the gathered logsumexps and per-rank g gives each rank the
 gradient of its own rows summed over every rank's loss, without communicating any gradient.
@@ -279,11 +279,13 @@ def _nt_xent_bwd_kernel(
     Grid: (cdiv(n_rows, BLOCK_M), cdiv(dim, BLOCK_D)); axis 1 picks the output column chunk.
 
     FIXED_MAX factors both exponentials through the bound m = 1/τ (base 2: ``scale``):
-    g_k 2^(t - lse_k) + g_j 2^(t - lse_j) = 2^(t - m) (c_k + c_j) with c = g e^(1/τ - lse),
+    g_k 2^(t - lse_k) + g_j 2^(t - lse_j) = 2^(t - m/2) (c_k + c_j) with c = g e^(1/(2τ) - lse),
     so each element costs one exponential instead of two (the exponential unit, not the tensor
     cores, bounds this loop at D = 128). g_ptr then holds c, computed once per column by the
-    launch helper, and lse_ptr is not read. Range: t - m ≥ -2m and m - lse ≤ 2m - log2(C - 1),
-    and for τ ≥ 1/40 (the forward's condition) 2^(±2m) stays within fp32's normal range.
+    launch helper, and lse_ptr is not read. Range: |t| ≤ m and lse ≥ log2(C - 1) - m, so
+    2^(t - m/2) ∈ [2^(-3m/2), 2^(m/2)] and c ≤ g 2^(3m/2): for τ ≥ 1/40 (the forward's condition)
+    both stay in fp32's normal range with a margin of 2^40 for a large g (fp16 loss scaling);
+    splitting at m instead would overflow c from g ≈ 6000 on.
     """
     tl.static_assert(BLOCK_D >= 16)
     pid = tl.program_id(0)
@@ -318,7 +320,7 @@ def _nt_xent_bwd_kernel(
         t = t * scale
         g_c = tl.load(g_ptr + cols, mask=col_mask, other=0.0)
         if FIXED_MAX:
-            w = tl.exp2(t - scale) * (g_r[:, None] + g_c[None, :])
+            w = tl.exp2(t - 0.5 * scale) * (g_r[:, None] + g_c[None, :])
         else:
             lse_c = tl.load(lse_ptr + cols, mask=col_mask, other=float("inf")) * 1.4426950408889634
             w = g_r[:, None] * tl.exp2(t - lse_r[:, None]) + g_c[None, :] * tl.exp2(t - lse_c[None, :])
@@ -335,7 +337,7 @@ def _nt_xent_bwd_kernel(
         )  # fmt: skip
         t = t * scale
         if FIXED_MAX:
-            p = tl.exp2(t - scale) * g_r[:, None]
+            p = tl.exp2(t - 0.5 * scale) * g_r[:, None]
         else:
             p = g_r[:, None] * tl.exp2(t - lse_r[:, None])
         w = tl.where(row_mask[:, None] & col_mask[None, :], p, 0.0)
@@ -435,7 +437,7 @@ def nt_xent_triton_backward(
     1/τ, one per element instead of two (see the kernel); the forward's condition holds for it.
     """
     if fixed_max:
-        g = (g * torch.exp(inv_tau - lse)).contiguous()  # (C,) c_j = g_j e^(1/τ - lse_j)
+        g = (g * torch.exp(0.5 * inv_tau - lse)).contiguous()  # (C,) c_j = g_j e^(1/(2τ) - lse_j)
     n_cols, dim = z.shape
     neg = z if negatives is None else negatives
     n_neg = 0 if negatives is None else negatives.shape[0]

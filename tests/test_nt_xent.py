@@ -165,6 +165,28 @@ def test_triton_paths(kernel_device, n, d, tau, normalize, m, dtype):
     _check(z1, z2, tau, "triton", tol, normalize=normalize, negatives=negatives)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_huge_grad_output_at_the_smallest_fixed_max_tau(kernel_device, backend):
+    """A dynamic fp16 loss scaler can hand the loss grad_output up to 2^24. At τ just above 1/40,
+    for an anchor whose every other column points the opposite way (lse = log 3 - 1/τ), the
+    backward's per-row factor g·e^(a - lse) must stay finite until the small exponential brings
+    it back: split at a = 1/τ it is about 4e39 here, at a = 1/(2τ) about 2e31."""
+    device = kernel_device if backend == "triton" else torch.device("cpu")
+    tau, grad_out = 0.026, 2.0**24
+    v = torch.randn(1, 8)
+    noise = torch.randn(4, 8) * 1e-3
+    z = torch.cat([v, -v, -v, -v]) + noise  # row 0 against three opposite rows
+    z1, z2 = (z[:2].to(device).requires_grad_(), z[2:].to(device).requires_grad_())
+    loss = nt_xent(z1, z2, tau, backend=backend)
+    loss.backward(torch.tensor(grad_out, device=device))
+    r1 = z1.detach().cpu().double().requires_grad_()
+    r2 = z2.detach().cpu().double().requires_grad_()
+    (nt_xent_reference(r1, r2, tau) * grad_out).backward()
+    for got, want in ((z1.grad, r1.grad), (z2.grad, r2.grad)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.cpu().double(), want, atol=1e-3 * float(want.abs().max()), rtol=0)
+
+
 def _reference_lse_and_acc(z, neg, inv_tau, g):
     """float64 row logsumexps and the backward accumulator Σ_j W_ij z_j + Σ_m g_i P_im n_m."""
     z, g = z.double(), g.double()
