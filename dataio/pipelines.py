@@ -17,8 +17,8 @@ Measured on the 2-core dev machine (CPU time per image, two 224-px views): decod
 resizes 1.2 ms, ``color_twist`` 1.8 ms per view in uint8, the cut blur window (augment.py) ~2x
 cheaper than the official 23 taps; blurring on the batch in torch instead (grouped separable
 conv) cost 3.3 ms per view, more than DALI's own blur with the cut window. Skipping the identity
-views raised the loader's rate with 2 threads from 1.16–1.39× to 1.48–1.57× the PIL reference's
-(``benchmarks/bench_dataio.py``, idle machine).
+views raised the loader's rate with 2 threads from 220–226 to 245–295 images/s, 1.24–1.60× the
+PIL reference's in the same runs (``benchmarks/bench_dataio.py``, idle machine, README).
 Eval: resize the shorter side to 1.14×size (official: centre crop of 87.5%), centre crop.
 
 Outputs (names are the iterator's output map):
