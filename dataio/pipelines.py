@@ -7,7 +7,7 @@ runs where its input lives, so the GPU pipeline augments on the GPU with the sam
 
 Per view: ``resize`` of the crop window (relative ROI; a mirrored window flips) to size×size;
 pretrain only: ``color_twist`` (jitter + grayscale, uint8, so values clamp to 0..255 as the
-official code clamps) and ``gaussian_blur`` (per-view window and sigma, uint8 as PIL's), each
+official code clamps) and ``gaussian_blur`` (per-view window and sigma, float output), each
 only for the views that need it (DALI conditionals on per-view predicates: an identity view costs
 either operator as much as any other); then ``crop_mirror_normalize`` to float, normalised with
 the ImageNet mean and std, written directly in the layout the trainer asked for: CHW, or HWC for
@@ -17,7 +17,7 @@ Measured on the 2-core dev machine (CPU time per image, two 224-px views): decod
 resizes 1.2 ms, ``color_twist`` 1.8 ms per view in uint8, the cut blur window (augment.py) ~2x
 cheaper than the official 23 taps; blurring on the batch in torch instead (grouped separable
 conv) cost 3.3 ms per view, more than DALI's own blur with the cut window. Skipping the identity
-views raised the loader's rate with 2 threads from 220–226 to 245–295 images/s, 1.24–1.60× the
+views raised the loader's rate with 2 threads from 220–226 to 240–279 images/s, 1.26–1.58× the
 PIL reference's in the same runs (``benchmarks/bench_dataio.py``, idle machine, README).
 Eval: resize the shorter side to 1.14×size (official: centre crop of 87.5%), centre crop.
 
@@ -76,7 +76,9 @@ def _view(images, params, size: int, layout: str, extra=None):
                 hue=params[augment.HUE],
             )
         if blurred:
-            out = fn.gaussian_blur(out, window_size=window, sigma=sigma)
+            out = fn.gaussian_blur(out, window_size=window, sigma=sigma, dtype=types.FLOAT)
+        else:  # both branches must merge into one batch of one dtype
+            out = fn.cast(out, dtype=types.FLOAT)
     return _normalize(out, layout)
 
 

@@ -194,19 +194,14 @@ def test_grayscale_fraction(folder):
 
 
 def test_blur_is_applied_to_about_half_the_views(folder, monkeypatch):
-    """Same seed with the blur forced on or off: blurred views are smoother, none is rougher.
-
-    The blur writes uint8 (as PIL's does), so a view whose σ is near 0.1 may come out unchanged:
-    its taps beside the centre weigh e^(-1/(2σ²)) ≈ 1e-22. σ is uniform in [0.1, 2], so about
-    four views in five change; the test asks for two in three."""
+    """Same seed with the blur forced on or off: blurred views are smoother, others unchanged."""
     out = {}
     for p in (0.0, 1.0):
         monkeypatch.setattr(augment, "BLUR_P", p)
         v1, _, _ = next(iter(build_loader("pretrain", folder, batch_size=12, image_size=40, seed=2)))
         out[p] = v1
     roughness = {p: (v[..., 1:] - v[..., :-1]).abs().mean((1, 2, 3)) for p, v in out.items()}
-    assert (roughness[1.0] <= roughness[0.0]).all()
-    assert (roughness[1.0] < roughness[0.0]).sum() >= 8
+    assert (roughness[1.0] < roughness[0.0]).all()
 
 
 # ---------------------------------------------------------------- reproducibility, resume, shards

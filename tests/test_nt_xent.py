@@ -138,7 +138,7 @@ TRITON_CASES = [
     (7, 300, 0.1, torch.bfloat16),
     (64, 1, 0.5, torch.float16),
     # Just inside the fixed maximum's range (τ ≥ 1/40), where the backward's factored
-    # exponentials 2^(t - m)·g·2^(m - lse) reach their largest and smallest factors.
+    # exponentials 2^(t - m/2)·g·2^(m/2 - lse) reach their largest and smallest factors.
     (33, 128, 0.026, torch.float32),
 ]
 
