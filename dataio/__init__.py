@@ -39,8 +39,10 @@ Public API::
   ``set_epoch(e, start_batch=0)``, ``paths`` (validated files, all shards) and
   ``shard_paths(epoch)`` (this shard's files of an epoch, in order).
 
-The pretrain views come out fully augmented, all in DALI: crop, flip, colour jitter, grayscale
-and the Gaussian blur (p = 0.5 per view; window rule in augment.py).
+The pretrain views come out fully augmented: DALI decodes, crops, flips and normalises them, then
+the loader applies the colour jitter, grayscale and Gaussian blur to the batch on ``device``
+(batch_augment.py: in torch, on the GPU as the official code blurs there, or on the CPU while
+DALI's threads decode the next batch). The parameters of every view come from augment.py.
 
 ``python -m flashclr.dataio.digits OUT_DIR`` writes scikit-learn's handwritten digits as a JPEG
 ImageFolder (train/ and val/).

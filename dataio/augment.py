@@ -1,10 +1,11 @@
 """Per-sample augmentation parameters, drawn in NumPy from a seeded generator.
 
 The random choices of every view (crop window, flip, colour jitter, grayscale, blur sigma) are
-drawn here, in Python, from ``numpy.random.default_rng((seed, epoch, shard, batch))`` and fed to
-DALI as per-sample argument inputs. DALI then only applies them, so the augmentations of a batch
-are an exact function of (seed, epoch, shard, batch index): resuming mid-epoch reproduces them,
-and neither DALI's thread count nor the device changes them.
+drawn here, in Python, from ``numpy.random.default_rng((seed, epoch, shard, batch))``, and fed to
+DALI (crop and flip, per-sample argument inputs) and to batch_augment.py (colour and blur), which
+only apply them. So the augmentations of a batch are an exact function of (seed, epoch, shard,
+batch index): resuming mid-epoch reproduces them, and neither DALI's thread count nor the device
+changes them.
 
 The SimCLR v2 chain (paper appendix A / official ``data_util.py``), for colour strength s:
 - random resized crop: area fraction in [0.08, 1], aspect ratio (w/h) log-uniform in [3/4, 4/3],
@@ -12,15 +13,14 @@ The SimCLR v2 chain (paper appendix A / official ``data_util.py``), for colour s
   kept at sub-pixel precision (DALI resamples fractional ROIs) instead of being rounded;
 - horizontal flip with p = 0.5 (encoded by swapping the window's x ends: DALI's resize mirrors);
 - colour jitter with p = 0.8: brightness, contrast, saturation factors in [1 - 0.8s, 1 + 0.8s],
-  hue shift in [-0.2s, 0.2s] of a turn (DALI takes degrees). Difference from the official code:
-  DALI's ``color_twist`` applies the four in one fixed order instead of a random order;
-- grayscale with p = 0.2, folded into the same ``color_twist`` as saturation 0 (zeroing the
-  chroma after the other three changes equals converting the jittered image to gray);
-- Gaussian blur with p = 0.5, sigma uniform in [0.1, 2]; sigma 0 means "no blur". Window: the
-  official ``kernel_size = side // 10`` made odd (23 taps at 224 px, 3 at 32 px), cut to
-  ``2 * ceil(3 sigma) + 1`` taps when that is shorter: the taps dropped hold under 0.3% of the
-  Gaussian's mass (below one grey level on 8-bit data) and the cut makes DALI's CPU blur about
-  3x cheaper on average. A view that is not blurred is not passed through the blur at all.
+  hue shift in [-0.2s, 0.2s] of a turn, applied in a random order per view (``ORDER``), as the
+  official ``color_jitter_rand`` does;
+- grayscale with p = 0.2, written as saturation 0 (batch_augment.py: equal to converting the
+  jittered view to gray);
+- Gaussian blur with p = 0.5, sigma uniform in [0.1, 2]; sigma 0 means "no blur" (window rule in
+  batch_augment.py).
+DALI applies the crop and flip (pipelines.py); the colour and blur columns are read by
+batch_augment.py, on the decoded batch.
 """
 
 from __future__ import annotations
@@ -38,10 +38,15 @@ GRAY_P = 0.2
 BLUR_P = 0.5
 SIGMA_RANGE = (0.1, 2.0)
 
-# Column layout of one view's parameter row (float32), as DALI and the batch blur read it.
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics on the 0..1 scale: every stage normalises with them
+STD = (0.229, 0.224, 0.225)
+
+# Column layout of one view's parameter row (float32), as DALI and batch_augment.py read it.
 ROI = slice(0, 4)  # y0, x0, y1, x1 relative to the decoded image; x0 > x1 means mirrored
-BRIGHTNESS, CONTRAST, SATURATION, HUE, SIGMA = 4, 5, 6, 7, 8
-N_PARAMS = 9
+BRIGHTNESS, CONTRAST, SATURATION, HUE, SIGMA = 4, 5, 6, 7, 8  # factors; hue in turns; sigma in px
+ORDER = slice(9, 13)  # the jitter ops by position: 0 brightness, 1 contrast, 2 saturation, 3 hue
+N_PARAMS = 13
+IDENTITY_ORDER = (0, 1, 2, 3)
 
 STAGE_CODES = {"pretrain": 0, "finetune": 1, "distill": 2, "eval": 3}
 
@@ -49,35 +54,6 @@ STAGE_CODES = {"pretrain": 0, "finetune": 1, "distill": 2, "eval": 3}
 def blur_window(side: int) -> int:
     """The official window length for views of ``side`` pixels: ``side // 10`` made odd."""
     return 2 * ((side // 10) // 2) + 1
-
-
-def blur_args(params: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-view ``(window_size, sigma)`` for DALI's gaussian_blur from rows of ``params`` (B, N_PARAMS).
-
-    Returns (B,) int32 windows (1 = not blurred) and (B,) float32 sigmas (1.0 where not blurred,
-    as DALI needs a positive sigma even for a 1-tap window).
-    """
-    sigma = params[:, SIGMA].astype(np.float64)
-    cut = 2 * np.ceil(3 * sigma) + 1
-    window = np.where(sigma > 0, np.minimum(cut, blur_window(side)), 1).astype(np.int32)
-    return window, np.where(sigma > 0, sigma, 1.0).astype(np.float32)
-
-
-IDENTITY_COLOUR = np.array([1.0, 1.0, 1.0, 0.0], dtype=np.float32)  # brightness, contrast, saturation, hue
-
-
-def view_inputs(params: np.ndarray, side: int) -> tuple[np.ndarray, ...]:
-    """What the pretraining pipeline reads for each view besides ``params`` (B, N_PARAMS):
-    ``(window, sigma, blurred, coloured)``, the blur arguments and two (B,) bool predicates.
-
-    The pipeline skips ``gaussian_blur`` for views that are not blurred (half of them) and
-    ``color_twist`` for views with neither jitter nor grayscale (16%), through DALI conditionals:
-    those operators cost as much on an identity view as on any other.
-    """
-    window, sigma = blur_args(params, side)
-    blurred = params[:, SIGMA] > 0
-    coloured = (params[:, BRIGHTNESS : HUE + 1] != IDENTITY_COLOUR).any(axis=1)
-    return window, sigma, blurred, coloured
 
 
 def batch_rng(seed: int, epoch: int, shard_id: int, batch_index: int, stage: str) -> np.random.Generator:
@@ -126,6 +102,7 @@ def crop_flip_params(rng: np.random.Generator, sizes: np.ndarray) -> np.ndarray:
     flip = rng.random(b) < FLIP_P
     p[flip, 1], p[flip, 3] = p[flip, 3].copy(), p[flip, 1].copy()
     p[:, [BRIGHTNESS, CONTRAST, SATURATION]] = 1.0
+    p[:, ORDER] = IDENTITY_ORDER
     return p.astype(np.float32)
 
 
@@ -136,9 +113,11 @@ def simclr_params(rng: np.random.Generator, sizes: np.ndarray, strength: float =
     jitter = rng.random(b) < JITTER_P
     lo, hi = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength
     factors = rng.uniform(lo, hi, size=(b, 3))
-    hue = rng.uniform(-0.2 * strength, 0.2 * strength, size=b) * 360.0  # degrees
+    hue = rng.uniform(-0.2 * strength, 0.2 * strength, size=b)  # turns
+    order = np.argsort(rng.random((b, 4)), axis=1)  # a uniform random permutation per view
     p[jitter, BRIGHTNESS : SATURATION + 1] = factors[jitter]
     p[jitter, HUE] = hue[jitter]
+    p[jitter, ORDER] = order[jitter]
     gray = rng.random(b) < GRAY_P
     p[gray, SATURATION] = 0.0
     blur = rng.random(b) < BLUR_P
