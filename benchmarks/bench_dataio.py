@@ -10,7 +10,12 @@ Because wall-clock rates on a shared machine move with the load, each row also g
 per image of the same chain run serially in this process (DALI with one thread, the DataLoader
 with no workers), measured by ``time.process_time``: a cost the other processes disturb much less.
 
-    python benchmarks/bench_dataio.py [--images 400] [--batch 32] [--size 224] [--workers 2]
+``--ops`` measures instead where the pretraining chain's colour and blur run: the CPU time per
+view of DALI's CPU ``color_twist`` and ``gaussian_blur`` (with the same cut windows) against
+flashclr's torch versions (dataio/batch_augment.py, per-view schedule), one thread, on the same
+224-px views and parameters.
+
+    python benchmarks/bench_dataio.py [--images 400] [--batch 32] [--size 224] [--workers 2] [--ops]
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from flashclr.dataio import build_loader  # noqa: E402
+from flashclr.dataio import augment, build_loader  # noqa: E402
+from flashclr.dataio.batch_augment import augment_views_, blur_taps  # noqa: E402
 from tests.pil_reference import pil_pretrain_loader  # noqa: E402
 
 
@@ -101,6 +107,97 @@ def bench_dataio(
     ]
 
 
+def _dali_cpu_ms(views: list[np.ndarray], op: str, params: np.ndarray, repeat: int) -> float:
+    """CPU ms per view of DALI's CPU operator ``op`` ("color_twist", "gaussian_blur" or "none")
+    over uint8 (S, S, 3) ``views``, one thread; the source-only pipeline ("none") is the baseline."""
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+
+    size = views[0].shape[0]
+    taps = blur_taps(torch.from_numpy(params[:, augment.SIGMA]), size).numpy().astype(np.int32)
+    sigma = np.where(params[:, augment.SIGMA] > 0, params[:, augment.SIGMA], 1.0).astype(np.float32)
+    columns = [params[:, k].copy() for k in (augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION)]
+    batch = (views, *columns, (params[:, augment.HUE] * 360).astype(np.float32), taps, sigma)
+
+    @pipeline_def
+    def pipe():
+        # the layout matters: without "HWC", gaussian_blur treats the views as 3-D volumes
+        layouts = ["HWC"] + [""] * 6
+        x, b, c, s, h, w, sg = fn.external_source(
+            source=lambda: batch, num_outputs=7, batch=True, layout=layouts
+        )
+        if op == "color_twist":
+            return fn.color_twist(x, brightness=b, contrast=c, saturation=s, hue=h)
+        if op == "gaussian_blur":
+            return fn.gaussian_blur(x, window_size=w, sigma=sg, dtype=types.FLOAT)
+        return x
+
+    p = pipe(batch_size=len(views), num_threads=1, device_id=None, prefetch_queue_depth=1)
+    p.build()
+    p.run()
+    c0 = time.process_time()
+    for _ in range(repeat):
+        p.run()
+    return 1000 * (time.process_time() - c0) / (repeat * len(views))
+
+
+def bench_augment_ops(n_views: int = 64, size: int = 224, repeat: int = 5, seed: int = 0) -> list[dict]:
+    """CPU ms per view of the colour jitter and of the blur: DALI's CPU operators against
+    batch_augment's torch code (per-view schedule, one thread), on the same views and params.
+
+    Colour is timed on views that all change colour and keep their sharpness, blur on views that
+    are all blurred (sigma uniform in [0.1, 2], the cut windows) and keep their colours.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as root:
+        write_jpegs(root, 8)
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+        images = [np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files]
+    views = [images[i % len(images)] for i in range(n_views)]
+    sizes = np.full((n_views, 2), size)
+    colour = augment.simclr_params(rng, sizes)
+    colour[:, augment.BRIGHTNESS : augment.HUE + 1] = np.column_stack(
+        [rng.uniform(0.2, 1.8, (n_views, 3)), rng.uniform(-0.2, 0.2, n_views)]
+    )
+    colour[:, augment.SIGMA] = 0.0
+    blur = augment.crop_flip_params(rng, sizes)
+    blur[:, augment.SIGMA] = rng.uniform(*augment.SIGMA_RANGE, n_views)
+    base = _dali_cpu_ms(views, "none", colour, repeat)
+    # NCHW-contiguous, as the loader's views are (permute alone would leave channels_last strides)
+    nchw = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).contiguous()
+    normalised = (nchw.float() / 255 - 0.45) / 0.225
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = []
+        for name, op, params in (("colour jitter", "color_twist", colour), ("blur", "gaussian_blur", blur)):
+            dali = _dali_cpu_ms(views, op, params, repeat) - base
+            x = normalised.clone()
+            augment_views_(x, torch.from_numpy(params))  # warm-up
+            c0 = time.process_time()
+            for _ in range(repeat):
+                augment_views_(normalised.clone(), torch.from_numpy(params))
+            copy_c0 = time.process_time()
+            for _ in range(repeat):
+                normalised.clone()
+            copy = time.process_time() - copy_c0
+            ours = 1000 * (copy_c0 - c0 - copy) / (repeat * n_views)
+            rows.append(
+                {
+                    "op": name,
+                    "dali_ms": dali,
+                    "torch_ms": ours,
+                    "ratio": dali / ours if ours > 0 else float("nan"),
+                    "views": n_views,
+                }
+            )
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
@@ -108,8 +205,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--ops", action="store_true", help="DALI's CPU colour/blur operators against ours")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
+    if args.ops:
+        rows = bench_augment_ops(size=args.size)
+        print(
+            f"{os.cpu_count()} CPUs; 1-min load average {load_before:.2f};"
+            f" CPU ms per {args.size}-px view, 1 thread"
+        )
+        print(f"{'op':14s} {'DALI CPU operator':>18s} {'flashclr torch':>15s} {'DALI/ours':>10s}")
+        for r in rows:
+            print(f"{r['op']:14s} {r['dali_ms']:18.3f} {r['torch_ms']:15.3f} {r['ratio']:9.2f}x")
+        return
     rows = bench_dataio(args.images, args.batch, args.size, args.workers, args.epochs)
     print(
         f"{os.cpu_count()} CPUs; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"

@@ -4,8 +4,8 @@ DALI decodes, crops, flips and normalises each view (pipelines.py). The rest of 
 runs here, in torch, on the (B, 3, S, S) float batch wherever it lives. On a GPU that matches the
 official code, which blurs on the accelerator. On the CPU it runs in the consumer's thread while
 DALI's threads decode the next batches. DALI's own CPU ``color_twist`` and ``gaussian_blur`` cost
-about 1.3 and 1.5 ms per 224-px view on the 2-core dev machine; this module needs about 0.2 and 0.4
-(README, dataio).
+about 1.1 and 1.2 ms per 224-px view on the 2-core dev machine; this module needs about 0.22 and
+0.54 (``benchmarks/bench_dataio.py --ops``, README).
 
 Colour jitter: for each view, the four operations run in that view's random order (augment.py
 ``ORDER``), as the official ``color_jitter_rand`` does. Each is an affine map of the RGB pixel on

@@ -297,9 +297,9 @@ class DaliLoader:
 def _single_threaded(active: bool):
     """torch's intra-op threads set to 1 for the block (when ``active``), then restored.
 
-    The CPU colour and blur run while DALI's threads already occupy the cores: with torch's pool
-    of threads beside them, the loader ran at 390-455 images/s instead of 590 (2-core dev machine,
-    224 px, bench_dataio's setting), its threads contending with DALI's.
+    The CPU colour and blur run while DALI's threads already occupy the cores. With torch's pool of
+    threads beside them, bench_dataio's loader ran at 346-352 images/s instead of 415-550 (2-core
+    dev machine, 224 px, README).
     """
     if not active:
         yield

@@ -11,8 +11,8 @@ the layout the trainer asked for: CHW, or HWC for channels_last (the iterator th
 the view), so no extra copy is made in Python. The pretraining views' colour jitter, grayscale and
 blur run after DALI, on the decoded batch (batch_augment.py): the pipeline passes each view's
 parameter rows through as outputs, so they stay paired with their batch through DALI's prefetch
-queue. DALI's CPU ``color_twist`` and ``gaussian_blur`` cost about 1.3 and 1.5 ms per 224-px view
-on the 2-core dev machine, which made them two thirds of the loader's CPU time (README, dataio).
+queue. DALI's CPU ``color_twist`` and ``gaussian_blur`` cost about 1.1 and 1.2 ms per 224-px view
+on the 2-core dev machine, about two thirds of the loader's CPU time when they ran here (README).
 Eval: resize the shorter side to 1.14×size (official: centre crop of 87.5%), centre crop.
 
 Outputs (names are the iterator's output map):

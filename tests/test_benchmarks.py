@@ -84,3 +84,13 @@ def test_cpu_peak_bytes_counts_the_allocator_peak_every_time():
         return torch.empty(1 << 18, dtype=torch.float32)  # 1 MiB, returned and then freed
 
     assert [cpu_peak_bytes(work) for _ in range(3)] == [8 << 20] * 3
+
+
+def test_augment_ops_comparison_runs_both_sides():
+    """bench_dataio --ops: DALI's CPU colour/blur operators and ours, on the same views."""
+    from benchmarks.bench_dataio import bench_augment_ops
+
+    rows = bench_augment_ops(n_views=4, size=48, repeat=1)
+    assert [r["op"] for r in rows] == ["colour jitter", "blur"]
+    for r in rows:  # figures only, no assertion on time: these are differences of short timings
+        assert {"dali_ms", "torch_ms", "ratio", "views"} <= r.keys() and r["views"] == 4
