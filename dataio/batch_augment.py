@@ -152,7 +152,8 @@ def _colour_(x: torch.Tensor, M: torch.Tensor, t: torch.Tensor) -> None:
 
 
 def _blur_(x: torch.Tensor, w: torch.Tensor) -> None:
-    """Separable blur of x (n, 3, S, S) in place with per-view weights w (n, k), reflect-101 borders."""
+    """Separable blur of x (n, 3, S, S) in place with per-view weights w (n, k) (a CPU tensor),
+    reflect-101 borders."""
     n, k = w.shape
     r, s = k // 2, x.shape[-1]
     if n == 1:  # one view: Python-float weights, cheaper than broadcasting a weight tensor
@@ -161,7 +162,7 @@ def _blur_(x: torch.Tensor, w: torch.Tensor) -> None:
         def accumulate(out, src, j):
             out.add_(src, alpha=taps[j])
     else:
-        wv = w.to(x.dtype).view(n, k, 1, 1, 1)
+        wv = w.to(x.device, x.dtype, non_blocking=True).view(n, k, 1, 1, 1)
 
         def accumulate(out, src, j):
             out.addcmul_(src, wv[:, j])
@@ -216,7 +217,7 @@ def augment_views_(views: torch.Tensor, params: torch.Tensor, per_view: bool | N
             if coloured[i]:
                 _colour_(view, M[i : i + 1], t[i : i + 1])
             if taps[i] > 1:
-                _blur_(view, gaussian_weights(sigma[i : i + 1], int(taps[i])).to(dev, non_blocking=True))
+                _blur_(view, gaussian_weights(sigma[i : i + 1], int(taps[i])))
         return views
     _colour_(views, M, t)  # identity views too: cheaper than gathering the others on a GPU
     for k in torch.unique(taps).tolist():
@@ -224,6 +225,6 @@ def augment_views_(views: torch.Tensor, params: torch.Tensor, per_view: bool | N
             continue
         idx = torch.nonzero(taps == k)[:, 0].to(dev, non_blocking=True)
         sub = views.index_select(0, idx)
-        _blur_(sub, gaussian_weights(sigma[taps == k], k).to(dev, non_blocking=True))
+        _blur_(sub, gaussian_weights(sigma[taps == k], k))
         views.index_copy_(0, idx, sub)
     return views
