@@ -70,11 +70,11 @@ class _EpochSource:
     """
 
     def __init__(
-        self, data: Validated, stage: str, batch_size: int, seed: int, shard: tuple[int, int], strength, size
+        self, data: Validated, stage: str, batch_size: int, seed: int, shard: tuple[int, int], strength
     ):
         self.stage, self.batch_size, self.seed = stage, batch_size, seed
         self.shard_id, self.num_shards = shard
-        self.strength, self.size = strength, size
+        self.strength = strength
         self.epoch, self.start_batch = 0, 0
         self.set_data(data)
         # File lists of the batches handed to DALI recently, to name the file behind a decode error.
@@ -355,7 +355,7 @@ def build_loader(
     else:
         paths, labels = listing.paths, listing.labels
     data = validate(paths, labels, on_bad_file)
-    src = _EpochSource(data, stage, batch_size, seed, shard, color_strength, image_size)
+    src = _EpochSource(data, stage, batch_size, seed, shard, color_strength)
     loader = DaliLoader(
         src,
         size=image_size,
