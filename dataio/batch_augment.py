@@ -197,6 +197,8 @@ def augment_views_(views: torch.Tensor, params: torch.Tensor, per_view: bool | N
         raise ValueError(f"params must be ({views.shape[0]}, {augment.N_PARAMS}), got {tuple(params.shape)}")
     if not views.is_floating_point():
         raise ValueError(f"views must be floating point, got {views.dtype}")
+    if not (views.is_contiguous() or views.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"views must be NCHW or channels_last contiguous, got strides {views.stride()}")
     if per_view is None:
         per_view = views.device.type == "cpu"
     dev = views.device
@@ -212,12 +214,18 @@ def augment_views_(views: torch.Tensor, params: torch.Tensor, per_view: bool | N
     sigma = params[:, augment.SIGMA].double()
     if per_view:
         coloured = (~_is_identity_colour(params)).tolist()
+        # channels_last views are worked on as NCHW copies: the ops run about 2x faster that way
+        nchw = views.is_contiguous()
         for i in range(views.shape[0]):
-            view = views[i : i + 1]
+            if not (coloured[i] or taps[i] > 1):
+                continue
+            view = views[i : i + 1] if nchw else views[i : i + 1].contiguous()
             if coloured[i]:
                 _colour_(view, M[i : i + 1], t[i : i + 1])
             if taps[i] > 1:
                 _blur_(view, gaussian_weights(sigma[i : i + 1], int(taps[i])))
+            if not nchw:
+                views[i : i + 1].copy_(view)
         return views
     _colour_(views, M, t)  # identity views too: cheaper than gathering the others on a GPU
     for k in torch.unique(taps).tolist():
