@@ -123,18 +123,15 @@ def normalised_transforms(A: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tenso
     return M, t0, H
 
 
-def _clamp_bounds() -> list[tuple[float, float]]:
-    """The 0..1 pixel range of each channel, in normalised units."""
-    return [(-m / d, (1 - m) / d) for m, d in zip(MEAN, STD, strict=True)]
+_CLAMP_BOUNDS = [(-m / d, (1 - m) / d) for m, d in zip(MEAN, STD, strict=True)]  # 0..1, normalised
 
 
 def _flat(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """A (n, 3, S, S) batch as a view (n, 3, S*S) (NCHW) or (n, S*S, 3) (channels_last), and which."""
+    """A (n, 3, S, S) batch, NCHW or channels_last contiguous (augment_views_ checks), as a view
+    (n, 3, S*S) (NCHW) or (n, S*S, 3) (channels_last), and which."""
     if x.is_contiguous():
         return x.view(x.shape[0], 3, -1), False
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return x.permute(0, 2, 3, 1).view(x.shape[0], -1, 3), True
-    raise ValueError(f"views must be NCHW or channels_last contiguous, got strides {x.stride()}")
+    return x.permute(0, 2, 3, 1).view(x.shape[0], -1, 3), True
 
 
 def _colour_(x: torch.Tensor, M: torch.Tensor, t: torch.Tensor) -> None:
@@ -146,7 +143,7 @@ def _colour_(x: torch.Tensor, M: torch.Tensor, t: torch.Tensor) -> None:
     else:
         torch.baddbmm(t[:, :, None], M, flat, out=y)
     # one clamp per channel with scalar bounds: cheaper on the CPU than one with broadcast bounds
-    for c, (lo, hi) in enumerate(_clamp_bounds()):
+    for c, (lo, hi) in enumerate(_CLAMP_BOUNDS):
         idx = (..., c) if last else (slice(None), c)
         torch.clamp(y[idx], lo, hi, out=flat[idx])
 
@@ -179,8 +176,8 @@ def _blur_(x: torch.Tensor, w: torch.Tensor) -> None:
 
 
 def _is_identity_colour(params: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: views whose jitter and grayscale change nothing."""
-    colour = params[:, augment.BRIGHTNESS : augment.HUE + 1].cpu()
+    """(B,) bool for CPU ``params`` rows: views whose jitter and grayscale change nothing."""
+    colour = params[:, augment.BRIGHTNESS : augment.HUE + 1]
     return (colour == torch.tensor([1.0, 1.0, 1.0, 0.0])).all(1)
 
 
@@ -231,8 +228,9 @@ def augment_views_(views: torch.Tensor, params: torch.Tensor, per_view: bool | N
     for k in torch.unique(taps).tolist():
         if k == 1:
             continue
-        idx = torch.nonzero(taps == k)[:, 0].to(dev, non_blocking=True)
+        group = taps == k
+        idx = torch.nonzero(group)[:, 0].to(dev, non_blocking=True)
         sub = views.index_select(0, idx)
-        _blur_(sub, gaussian_weights(sigma[taps == k], k))
+        _blur_(sub, gaussian_weights(sigma[group], k))
         views.index_copy_(0, idx, sub)
     return views

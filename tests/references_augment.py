@@ -10,25 +10,26 @@ import math
 
 import numpy as np
 
+from flashclr.dataio import augment
+
 LUMA = np.array([0.299, 0.587, 0.114])
 RGB_TO_YIQ = np.array([LUMA, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-COLUMNS = {"brightness": 4, "contrast": 5, "saturation": 6, "hue": 7, "sigma": 8, "order": slice(9, 13)}
 
 
 def colour_jitter_reference(x: np.ndarray, row: np.ndarray) -> np.ndarray:
     """One view (3, H, W) on the 0..1 scale, float64 -> jittered, then clamped to 0..1 once."""
     y = x.astype(np.float64)
-    for op in row[COLUMNS["order"]].astype(int):
+    for op in row[augment.ORDER].astype(int):
         if op == 0:
-            y = row[COLUMNS["brightness"]] * y
+            y = row[augment.BRIGHTNESS] * y
         elif op == 1:
-            f = row[COLUMNS["contrast"]]
+            f = row[augment.CONTRAST]
             y = f * y + (1 - f) * y.mean(axis=(1, 2), keepdims=True)
         elif op == 2:
-            f = row[COLUMNS["saturation"]]
+            f = row[augment.SATURATION]
             y = f * y + (1 - f) * np.einsum("c,chw->hw", LUMA, y)[None]
         else:
-            a = -2 * math.pi * row[COLUMNS["hue"]]  # forward HSV hue is clockwise in (I, Q)
+            a = -2 * math.pi * row[augment.HUE]  # forward HSV hue is clockwise in (I, Q)
             rot = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
             y = np.einsum("dc,chw->dhw", np.linalg.inv(RGB_TO_YIQ) @ rot @ RGB_TO_YIQ, y)
     return np.clip(y, 0.0, 1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +67,7 @@ def test_full_chain_matches_float64_reference(side, per_view, channels_last):
 def test_every_jitter_order_and_strength():
     """All 24 orders, with the contrast mean tracked through the ops before it."""
     rng = np.random.default_rng(1)
-    orders = np.array(list(__import__("itertools").permutations(range(4))), dtype=np.float32)
+    orders = np.array(list(itertools.permutations(range(4))), dtype=np.float32)
     n = len(orders)
     pixels = random_views(rng, n, 19)
     params = augment.crop_flip_params(rng, np.full((n, 2), 50))
